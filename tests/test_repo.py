@@ -1,0 +1,85 @@
+"""Repository conventions: notebook skeleton and hygiene, README and badges against one URL."""
+
+import json
+import re
+
+import pytest
+import tomllib
+
+from kdhelpers.course import list_notebooks
+from kdhelpers.paths import project_root
+
+ROOT = project_root()
+NOTEBOOKS = list_notebooks()
+REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+REPO_PATH = REPO_URL.removeprefix("https://github.com/")
+MACHINE_PATHS = re.compile(r"/work/|/root/|/home/\w+/|/tmp/|ipykernel_\d+|C:\\\\Users")
+
+
+def cells(nb_path):
+    return json.loads(nb_path.read_text())["cells"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_notebooks_exist_in_pairs():
+    stems = {p.stem for p in NOTEBOOKS}
+    assert any(not s.endswith("_solutions") for s in stems), "no course notebooks found"
+    for stem in stems:
+        pair = stem.removesuffix("_solutions") if stem.endswith("_solutions") else stem + "_solutions"
+        assert pair in stems, f"{stem} has no paired notebook {pair}.ipynb"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_skeleton(nb):
+    cs = cells(nb)
+    text = "\n".join(source(c) for c in cs)
+    assert source(cs[0]).startswith("# "), "first cell must be the title"
+    badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
+    assert badge in source(cs[0]), f"first cell needs the Colab badge {badge}"
+    install = [c for c in cs if c["cell_type"] == "code" and "google.colab" in source(c)]
+    assert install and f"git clone --depth 1 {REPO_URL}" in source(install[0])
+    params = [c for c in cs if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assert re.search(r'^PROFILE = "auto"', source(params[0]), re.M)
+    assert re.search(r"^SEED = \d+", source(params[0]), re.M)
+    assert re.search(r"^## 1\. ", text, re.M), "numbered sections start with '## 1. '"
+    if not nb.stem.endswith("_solutions"):
+        assert re.search(r"^## Summary", text, re.M) and re.search(r"^## Exercises", text, re.M)
+        assert "Learning goals" in source(cs[0])
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_was_executed_cleanly(nb):
+    code = [c for c in cells(nb) if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"not executed top to bottom: {counts}"
+    for c in code:
+        for out in c.get("outputs", []):
+            assert out["output_type"] != "error", f"error output: {out.get('ename')}"
+    injected = [c for c in cells(nb) if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and 'PROFILE = "standard"' in source(injected[0]), "outputs must come from a standard run"
+    assert not MACHINE_PATHS.search(nb.read_text()), "notebook contains a path of this machine"
+
+
+def test_readme_lists_every_notebook_with_badge():
+    readme = (ROOT / "README.md").read_text()
+    for nb in NOTEBOOKS:
+        if nb.stem.endswith("_solutions"):
+            continue
+        badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
+        assert badge in readme, f"README lacks a Colab badge for {nb.name}"
+    for url in re.findall(r"https://(?:colab\.research\.google\.com/github|github\.com)/[^\s)\"']+", readme):
+        assert REPO_PATH in url, f"README link {url} does not use the repository set in pyproject.toml"
+
+
+def test_readme_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -r requirements.txt" in readme and "jupyter lab notebooks/" in readme
+    assert re.search(r"^pytest$", readme, re.M), "README must show the test command `pytest`"
+    assert re.search(r"^pytest$", ci, re.M), ".ci/run must call the README's test command"
+    assert "-c .ci/constraints.txt -r requirements.txt" in ci
+    assert "torch==2.13.0" in (ROOT / ".ci" / "constraints.txt").read_text()
