@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 
@@ -26,17 +28,32 @@ class Check:
 
 def hub_offline_reason(timeout_s: float = 2.0) -> str | None:
     """Why the Hugging Face hub cannot be used right now (None when it answers within `timeout_s`)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return "HF_HUB_OFFLINE is set"
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return f"{var} is set"
     from huggingface_hub import constants
 
-    parsed = urlparse(constants.ENDPOINT)
-    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as exc:
-        return f"the hub ({host}) did not answer within {timeout_s:g} s ({type(exc).__name__})"
+    endpoint = str(constants.ENDPOINT)
+    if not urllib.parse.urlsplit(endpoint).hostname:
+        return f"the hub endpoint {endpoint!r} has no host"
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(endpoint, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # the server answered
+        except Exception as exc:  # any other failure means unreachable
+            outcome.append(f"the hub ({endpoint}) is unreachable ({type(exc).__name__})")
+
+    worker = threading.Thread(target=probe, name="kd-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1.0)  # also bounds DNS look-ups, which ignore the socket timeout
+    if not outcome:
+        return f"the hub ({endpoint}) did not answer within {timeout_s:g} s"
+    return outcome[0]
 
 
 def _teacher_check() -> Check:
@@ -60,7 +77,7 @@ def _data_check() -> Check:
     except ImportError:
         return Check("course data", False, "kdhelpers.data is not available", "update the course")
     try:
-        ok = data.corpora_present()
+        ok = data.vader_is_fetched()
     except Exception as exc:  # a damaged folder is reported, not raised
         return Check("course data", False, f"could not read {data_dir().name}/: {exc}",
                      "python -m kdhelpers.data fetch")

@@ -69,3 +69,63 @@ def save_results(
         json.dump(record, fh, indent=2)
     os.replace(tmp, target)
     return target
+
+
+def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> list[dict[str, float]]:
+    """Per confidence bin (equal width over [0, 1]): count, mean confidence and accuracy."""
+    accuracy(logits, labels)  # same input checks
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int (got {n_bins!r})")
+    conf, pred = torch.softmax(logits.float(), -1).max(-1)
+    correct = (pred == labels.to(pred.device)).float()
+    edges = torch.linspace(0, 1, n_bins + 1)
+    rows = []
+    for i in range(n_bins):
+        sel = (conf > edges[i]) & (conf <= edges[i + 1])
+        n = int(sel.sum())
+        rows.append({"low": float(edges[i]), "high": float(edges[i + 1]), "n": n,
+                     "confidence": float(conf[sel].mean()) if n else float("nan"),
+                     "accuracy": float(correct[sel].mean()) if n else float("nan")})
+    return rows
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap |accuracy - confidence| over equal-width confidence bins."""
+    rows = reliability_bins(logits, labels, n_bins)
+    total = sum(r["n"] for r in rows)
+    return sum(r["n"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"])
+
+
+@torch.inference_mode()
+def cpu_latency(
+    model: torch.nn.Module,
+    input_ids: list[list[int]],
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    pad_id: int = 0,
+) -> dict[str, float]:
+    """Median and quartiles of CPU wall time per batch (eval mode), after `warmup` untimed runs."""
+    import statistics
+    import time
+
+    from kdhelpers.models import logits_of
+    from kdhelpers.train import pad_collate
+
+    if not input_ids:
+        raise ValueError("input_ids is empty: latency needs example inputs")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0 (got {repeats}, {warmup})")
+    model = model.eval().cpu()
+    feats = [{"input_ids": input_ids[i % len(input_ids)], "labels": -1, "index": i} for i in range(batch_size)]
+    batch = pad_collate(feats, pad_id)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    median = statistics.median(times)
+    return {"median_ms": median * 1e3, "p25_ms": q[0] * 1e3, "p75_ms": q[2] * 1e3,
+            "examples_per_s": batch_size / median, "batch_size": batch_size}

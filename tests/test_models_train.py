@@ -1,0 +1,213 @@
+"""Students, teacher loading, checkpoints and the training loop on tiny configurations."""
+
+import time
+
+import pytest
+import torch
+
+from kdhelpers.checkpoints import load_checkpoint, save_checkpoint
+from kdhelpers.models import (
+    BagOfEmbeddingsStudent,
+    count_parameters,
+    distilbert_style_student,
+    init_embeddings_from_teacher,
+    load_teacher,
+    logits_of,
+    model_size_mb,
+    tiny_bert_student,
+)
+from kdhelpers.train import (
+    TextExamples,
+    cross_entropy_loss,
+    evaluate,
+    fit,
+    make_kd_loss,
+    make_loader,
+    pad_collate,
+    warmup_linear_schedule,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher()
+
+
+def toy_examples(n=64, vocab=50, seed=0, with_teacher=False):
+    """Label = whether token 7 occurs: learnable by a bag of embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        seq = torch.randint(8, vocab, (length,), generator=g).tolist()
+        y = int(torch.rand(1, generator=g) < 0.5)
+        if y:
+            seq[int(torch.randint(0, length, (1,), generator=g))] = 7
+        ids.append([1] + seq + [2])
+        labels.append(y)
+    teacher_logits = None
+    if with_teacher:
+        teacher_logits = torch.tensor([[0.0, 3.0] if y else [3.0, 0.0] for y in labels])
+    return TextExamples(ids, labels, teacher_logits)
+
+
+def test_packaged_teacher_loads_offline(teacher, monkeypatch):
+    model, tok = teacher
+    assert count_parameters(model) == pytest.approx(22.7e6, rel=0.01)
+    assert model.config.num_labels == 2 and model.config.hidden_size == 384
+    batch = tok(["a fine film"], return_tensors="pt")
+    assert logits_of(model(**batch)).shape == (1, 2)
+
+
+def test_hub_name_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="packaged teacher"):
+        load_teacher("bert-base-uncased")
+    assert time.perf_counter() - start < 5
+
+
+def test_bad_teacher_arguments(tmp_path):
+    with pytest.raises(ValueError, match="num_labels"):
+        load_teacher(None, num_labels=1)
+    with pytest.raises(ValueError, match="config.json"):
+        load_teacher(tmp_path)
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_teacher(42)
+
+
+def test_bag_student_shapes_padding_and_vocab_check():
+    torch.manual_seed(0)
+    s = BagOfEmbeddingsStudent(vocab_size=20, embed_dim=8, hidden=16).eval()
+    ids = torch.tensor([[1, 5, 6, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    out = s(ids, mask)
+    assert out.shape == (1, 2)
+    # padding never changes the prediction
+    torch.testing.assert_close(out, s(torch.tensor([[1, 5, 6]]), torch.tensor([[1, 1, 1]])))
+    with pytest.raises(ValueError, match="vocabulary"):
+        s(torch.tensor([[25, 1]]))
+    with pytest.raises(ValueError, match="embed_dim"):
+        BagOfEmbeddingsStudent(20, embed_dim=0)
+
+
+def test_student_sizes(teacher):
+    model, tok = teacher
+    bag = BagOfEmbeddingsStudent(tok.vocab_size, embed_dim=64, hidden=128)
+    assert count_parameters(bag) == tok.vocab_size * 64 + 64 * 128 + 128 + 128 * 2 + 2
+    bert = tiny_bert_student(tok.vocab_size, hidden=128, layers=2)
+    assert count_parameters(bert) < count_parameters(model) / 4
+    distil = distilbert_style_student(model)
+    assert distil.config.num_hidden_layers == 3 and len(distil.bert.encoder.layer) == 3
+    torch.testing.assert_close(distil.bert.encoder.layer[0].output.dense.weight,
+                               model.bert.encoder.layer[1].output.dense.weight)
+    assert model_size_mb(bag) == pytest.approx(count_parameters(bag) * 4 / 1e6, rel=0.01)
+    with pytest.raises(ValueError, match="heads"):
+        tiny_bert_student(100, hidden=130, heads=4)
+
+
+def test_embedding_init_from_teacher_keeps_geometry(teacher):
+    model, tok = teacher
+    bag = BagOfEmbeddingsStudent(tok.vocab_size, embed_dim=32)
+    kept = init_embeddings_from_teacher(bag, model)
+    assert 0.1 < kept < 1.0
+    assert torch.all(bag.embedding.weight[0] == 0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        init_embeddings_from_teacher(BagOfEmbeddingsStudent(100, embed_dim=8), model)
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    a = BagOfEmbeddingsStudent(30, embed_dim=4, hidden=8)
+    save_checkpoint(a, tmp_path / "student", {"note": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.json", "student.safetensors"]
+    b = BagOfEmbeddingsStudent(30, embed_dim=4, hidden=8)
+    config = load_checkpoint(b, tmp_path / "student")
+    assert config["note"] == "x" and config["model_class"] == "BagOfEmbeddingsStudent"
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with pytest.raises(ValueError, match="BagOfEmbeddingsStudent"):
+        load_checkpoint(torch.nn.Linear(2, 2), tmp_path / "student")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(b, tmp_path / "missing")
+
+
+def test_pad_collate_and_loader_keep_teacher_logits_with_their_example():
+    data = toy_examples(40, with_teacher=True)
+    loader = make_loader(data, batch_size=7, shuffle=True, seed=3)
+    seen = 0
+    for batch in loader:
+        assert batch["input_ids"].shape == batch["attention_mask"].shape
+        for row, idx in enumerate(batch["index"].tolist()):
+            torch.testing.assert_close(batch["teacher_logits"][row], data.teacher_logits[idx])
+            assert batch["labels"][row] == data.labels[idx]
+            n = len(data.input_ids[idx])
+            assert batch["attention_mask"][row].sum() == n
+        seen += len(batch["index"])
+    assert seen == 40
+    b = pad_collate([{"input_ids": [1, 2, 3], "labels": 0, "index": 0},
+                     {"input_ids": [1], "labels": 1, "index": 1}], pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3], [1, 0, 0]]
+
+
+def test_text_examples_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        TextExamples([])
+    with pytest.raises(ValueError, match="labels"):
+        TextExamples([[1, 2]], labels=[0, 1])
+    with pytest.raises(ValueError, match="teacher_logits"):
+        TextExamples([[1, 2]], teacher_logits=torch.zeros(2, 2))
+
+
+def test_fit_learns_the_toy_task_and_is_repeatable():
+    def run():
+        torch.manual_seed(0)
+        model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
+        train = make_loader(toy_examples(256, seed=1), 32, shuffle=True, seed=0)
+        val = make_loader(toy_examples(128, seed=2), 64)
+        hist = fit(model, train, val, epochs=20, lr=2e-2, device="cpu", patience=None)
+        return model, hist, val
+
+    model, hist, val = run()
+    assert hist["best_val_accuracy"] > 0.9
+    assert evaluate(model, val, "cpu")["accuracy"] == pytest.approx(hist["best_val_accuracy"])
+    _, hist2, _ = run()
+    assert hist2["train_loss"] == hist["train_loss"]
+
+
+def test_fit_with_kd_loss_on_partly_unlabelled_data(tmp_path):
+    torch.manual_seed(0)
+    data = toy_examples(200, seed=4, with_teacher=True)
+    data.labels[100:] = -1  # half unlabelled: only the teacher speaks for them
+    model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
+    hist = fit(model, make_loader(data, 32, shuffle=True), make_loader(toy_examples(100, seed=5), 50),
+               make_kd_loss(alpha=0.3, temperature=2.0), epochs=20, lr=2e-2, device="cpu",
+               checkpoint=tmp_path / "best")
+    assert hist["best_val_accuracy"] > 0.9
+    assert (tmp_path / "best.safetensors").exists()
+
+
+def test_loss_functions_reject_bad_settings():
+    with pytest.raises(ValueError, match="alpha"):
+        make_kd_loss(alpha=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        make_kd_loss(temperature=0.0)
+    kd = make_kd_loss()
+    with pytest.raises(ValueError, match="teacher logits"):
+        kd(torch.zeros(2, 2), {"labels": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="labelled"):
+        cross_entropy_loss(torch.zeros(2, 2), {"labels": torch.tensor([-1, -1])})
+    with pytest.raises(ValueError, match="epochs"):
+        fit(BagOfEmbeddingsStudent(50), make_loader(toy_examples(8), 4), None, epochs=0)
+
+
+def test_warmup_schedule_shape():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_linear_schedule(opt, total_steps=10, warmup_ratio=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
