@@ -56,3 +56,31 @@ def test_save_results_writes_json_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["99_test.json"]
     with pytest.raises(ValueError, match="metrics"):
         save_results("99_test", {}, "quick", folder=tmp_path)
+
+
+def test_ece_hand_computed():
+    import math
+
+    from kdhelpers.metrics import expected_calibration_error, reliability_bins
+
+    # confidence 0.9 on every row, 3 of 4 right: |0.75 - 0.9| = 0.15
+    z = math.log(9.0)
+    logits = torch.tensor([[z, 0.0], [z, 0.0], [z, 0.0], [0.0, z]])
+    labels = torch.tensor([0, 0, 0, 0])
+    assert expected_calibration_error(logits, labels, n_bins=10) == pytest.approx(0.15, abs=1e-6)
+    bins = reliability_bins(logits, labels, n_bins=10)
+    assert [b["n"] for b in bins] == [0] * 8 + [4, 0]
+    with pytest.raises(ValueError, match="n_bins"):
+        reliability_bins(logits, labels, n_bins=0)
+
+
+def test_cpu_latency_reports_median():
+    from kdhelpers.metrics import cpu_latency
+    from kdhelpers.models import BagOfEmbeddingsStudent
+
+    stats = cpu_latency(BagOfEmbeddingsStudent(30, embed_dim=4, hidden=4), [[1, 2, 3]], batch_size=4,
+                        repeats=5, warmup=1)
+    assert stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"]
+    assert stats["examples_per_s"] > 0 and stats["batch_size"] == 4
+    with pytest.raises(ValueError, match="input_ids"):
+        cpu_latency(BagOfEmbeddingsStudent(30), [], batch_size=1)
