@@ -498,7 +498,7 @@ def _take(
             f"cannot fill {split} with exactly {n} rows ({len(rows)} possible): rows with "
             "identical text stay together; choose a slightly smaller size"
         )
-    return sorted(rows), leftover
+    return rows, leftover  # in the walk's (random) order: no split is sorted by source or score
 
 
 def _assign_splits(texts: Sequence[str], sizes: SplitSizes, seed: int) -> dict[str, list[int]]:
@@ -513,7 +513,7 @@ def _assign_splits(texts: Sequence[str], sizes: SplitSizes, seed: int) -> dict[s
     pool = sorted(rest)  # the same set for every seed and n_train
     pool_order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
     train, rest = _take(groups, pool_order, sizes.train, "train")
-    unlabeled = sorted(i for g in rest for i in groups[g])
+    unlabeled = [i for g in rest for i in groups[g]]
     return {"train": train, "unlabeled": unlabeled, "validation": validation, "test": test}
 
 
@@ -567,7 +567,8 @@ def load_sentiment(
     Sizes default to DEFAULT_SPLIT_SIZES[domain]; `unlabeled` gets every remaining row. Test and
     validation come from a fixed permutation (HELDOUT_SEED), so they are the same for every
     `seed` and `n_train`; `seed` draws train from the remaining pool (nested across n_train).
-    Rows with identical text always share a split.
+    Rows with identical text always share a split. Each split comes in a seeded random order (the
+    source files are sorted by score), so its first rows are a fair sample of it.
     """
     _check_domain(domain)
     seed = _check_seed(seed)

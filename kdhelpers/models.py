@@ -65,20 +65,61 @@ def resolve_teacher_source(name_or_path: str | Path | None) -> str:
     return str(name_or_path)
 
 
+class MeanPoolingClassifier(nn.Module):
+    """A Transformer encoder, mean-pooled over real tokens, then dropout and a linear head."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.config.num_labels = num_labels
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder (named like Hugging Face models' `base_model`)."""
+        return self.encoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's word-embedding table."""
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **_: object) -> torch.Tensor:
+        """Logits of shape (batch, num_labels)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+
 def load_teacher(
-    name_or_path: str | Path | None = None, num_labels: int = 2
+    name_or_path: str | Path | None = None, num_labels: int = 2, pooling: str = "cls"
 ) -> tuple[nn.Module, object]:
-    """A sequence classifier and its tokenizer: the packaged MiniLM by default, else a hub name or folder."""
+    """A sequence classifier and its tokenizer: the packaged MiniLM by default, else a hub name or folder.
+
+    pooling="cls" gives the Hugging Face sequence classifier ([CLS] + pooler); "mean" averages the
+    token states, as sentence-embedding models such as all-MiniLM-L6-v2 were trained to do.
+    """
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
         raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling must be 'cls' or 'mean' (got {pooling!r})")
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_teacher_source(name_or_path)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, trust_remote_code=False
-        )
+        if pooling == "mean":
+            encoder = AutoModel.from_pretrained(source, add_pooling_layer=False, trust_remote_code=False)
+            model = MeanPoolingClassifier(encoder, num_labels)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_labels, trust_remote_code=False
+            )
     return model, tokenizer
 
 
@@ -119,22 +160,91 @@ class BagOfEmbeddingsStudent(nn.Module):
         return self.mlp(self.embedding(input_ids))
 
 
-def init_embeddings_from_teacher(student: BagOfEmbeddingsStudent, teacher: nn.Module) -> float:
-    """Copy the teacher's word embeddings into the student, projected by PCA to its width; returns the variance kept."""
+class CNNStudent(nn.Module):
+    """A word-CNN (Kim, 2014): embeddings, 1-D convolutions of several widths, max-pooling, a linear head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int = 2,
+        embed_dim: int = 64,
+        channels: int = 100,
+        widths: tuple[int, ...] = (2, 3, 4),
+        dropout: float = 0.3,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("channels", channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int (got {value!r})")
+        if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be positive ints (got {widths!r})")
+        if not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+        self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
+        self.max_width = max(widths)
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, w) for w in widths)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels * len(widths), num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        """Logits of shape (batch, num_labels)."""
+        if input_ids.numel() and int(input_ids.max()) >= self.vocab_size:
+            raise ValueError(
+                f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
+                f"{self.vocab_size} entries: use the tokenizer the student was built for"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape[1] < self.max_width:  # very short inputs: pad so every filter fits
+            pad = self.max_width - input_ids.shape[1]
+            input_ids = nn.functional.pad(input_ids, (0, pad), value=self.padding_idx)
+            attention_mask = nn.functional.pad(attention_mask, (0, pad), value=0)
+        x = self.embedding(input_ids).transpose(1, 2)  # (batch, embed, seq)
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(x))  # (batch, channels, seq - w + 1)
+            # a window counts only if all its tokens are real (it ends on a real token)
+            end = conv.kernel_size[0] - 1
+            valid = attention_mask[:, end : end + h.shape[-1]].unsqueeze(1).bool()
+            pooled.append(h.masked_fill(~valid, 0.0).amax(dim=-1))
+        return self.head(self.dropout(torch.cat(pooled, dim=-1)))
+
+
+def project_teacher_embeddings(teacher: nn.Module, dim: int) -> tuple[torch.Tensor, float]:
+    """The teacher's word-embedding table projected by PCA to `dim` columns, and the share of variance kept."""
     table = teacher.get_input_embeddings().weight.detach().float()
-    target = student.embedding.weight
-    if table.shape[0] != target.shape[0]:
-        raise ValueError(
-            f"teacher vocabulary ({table.shape[0]}) and student vocabulary ({target.shape[0]}) differ"
-        )
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int (got {dim!r})")
     centered = table - table.mean(0, keepdim=True)
-    k = target.shape[1]
-    if k >= table.shape[1]:
-        projected, kept = centered[:, :k], 1.0
+    if dim >= table.shape[1]:
+        return centered[:, :dim].clone(), 1.0
+    cov = centered.double().T @ centered.double()  # (width, width): eigh of this is cheap and exact
+    eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+    v = eigvecs.flip(-1)[:, :dim].float()
+    s = eigvals.flip(-1).clamp(min=0).sqrt()
+    projected = centered @ v[:, :dim]
+    kept = float((s[:dim] ** 2).sum() / (s**2).sum())
+    return projected, kept
+
+
+def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.Tensor) -> float:
+    """Copy the teacher's word embeddings (or a projected table) into the student's `embedding`, rescaled; returns the variance kept."""
+    if not hasattr(student, "embedding"):
+        raise TypeError(f"student must have an `embedding` table (got {type(student).__name__})")
+    target = student.embedding.weight
+    if isinstance(teacher, torch.Tensor):
+        projected, kept = teacher.float(), float("nan")
     else:
-        _, s, v = torch.linalg.svd(centered, full_matrices=False)
-        projected = centered @ v[:k].T
-        kept = float((s[:k] ** 2).sum() / (s**2).sum())
+        n_vocab = teacher.get_input_embeddings().weight.shape[0]
+        if n_vocab != target.shape[0]:
+            raise ValueError(f"teacher vocabulary ({n_vocab}) and student vocabulary ({target.shape[0]}) differ")
+        projected, kept = project_teacher_embeddings(teacher, target.shape[1])
+    if tuple(projected.shape) != tuple(target.shape):
+        raise ValueError(
+            f"teacher vocabulary/width {tuple(projected.shape)} and student embedding {tuple(target.shape)} differ"
+        )
     scale = target.detach().std() / projected.std()
     with torch.no_grad():
         target.copy_(projected * scale)
@@ -171,9 +281,10 @@ def distilbert_style_student(teacher: nn.Module, keep_every: int = 2) -> nn.Modu
     if not isinstance(keep_every, int) or keep_every < 1:
         raise ValueError(f"keep_every must be a positive int (got {keep_every!r})")
     student = copy.deepcopy(teacher)
-    layers = student.bert.encoder.layer
+    encoder = student.base_model.encoder
+    layers = encoder.layer
     kept = nn.ModuleList(layers[i] for i in range(keep_every - 1, len(layers), keep_every))
-    student.bert.encoder.layer = kept
+    encoder.layer = kept
     student.config.num_hidden_layers = len(kept)
     return student
 

@@ -36,6 +36,11 @@ def checkpoints_dir() -> Path:
     return _folder("KD_CHECKPOINT_DIR", project_root() / "checkpoints")
 
 
+def cache_dir() -> Path:
+    """Folder for cached teacher logits (env KD_CACHE_DIR overrides)."""
+    return _folder("KD_CACHE_DIR", project_root() / ".kd_cache")
+
+
 def notebooks_dir() -> Path:
     """The course notebooks folder of the checkout."""
     return project_root() / "notebooks"

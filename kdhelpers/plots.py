@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -115,5 +116,87 @@ def line_plot(
         ax.set_title(title)
     if len(series) > 1:
         ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(bins: Sequence[Mapping[str, float]], title: str = "Reliability diagram") -> Figure:
+    """Accuracy vs confidence per bin (from metrics.reliability_bins), with the diagonal of perfect calibration."""
+    rows = [b for b in bins if b["n"]]
+    if not rows:
+        raise ValueError("bins holds no non-empty bin")
+    fig, ax = new_figure(width=4.5, height=4.2)
+    centers = [(b["low"] + b["high"]) / 2 for b in rows]
+    widths = [b["high"] - b["low"] for b in rows]
+    ax.bar(centers, [b["accuracy"] for b in rows], widths, edgecolor="white", label="accuracy")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
+    ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], "o", color=PALETTE[1],
+            ms=4, label="bin mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(
+    values: Sequence[Sequence[float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    fmt: str = "{:.3f}",
+) -> Figure:
+    """An annotated heat map (rows x columns), e.g. accuracy over alpha x temperature."""
+    grid = np.asarray(values, dtype=float)
+    if grid.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"values has shape {grid.shape}, labels give {(len(row_labels), len(col_labels))}")
+    fig, ax = new_figure(width=1.1 * len(col_labels) + 2.5, height=0.6 * len(row_labels) + 1.8)
+    ax.grid(False)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels)
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    finite = grid[np.isfinite(grid)]
+    mid = (finite.max() + finite.min()) / 2 if finite.size else 0
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8,
+                    color="black" if grid[i, j] > mid else "white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_tradeoff(
+    points: Sequence[Mapping[str, Any]],
+    x: str = "latency_ms",
+    y: str = "accuracy",
+    size: str | None = "size_mb",
+    label: str = "name",
+    logx: bool = True,
+    title: str = "Accuracy vs. latency",
+) -> Figure:
+    """Scatter of named models (x vs y, marker area from `size`), each point labelled."""
+    if not points:
+        raise ValueError("points is empty")
+    fig, ax = new_figure(width=6.5, height=4.5)
+    sizes = [float(p[size]) for p in points] if size else [1.0] * len(points)
+    top = max(sizes) or 1.0
+    for p, s in zip(points, sizes, strict=True):
+        ax.scatter(p[x], p[y], s=30 + 600 * s / top, alpha=0.6)
+        ax.annotate(str(p[label]), (p[x], p[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title + (f" (marker area ~ {size})" if size else ""))
     fig.tight_layout()
     return fig

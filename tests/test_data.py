@@ -441,3 +441,12 @@ def test_hub_dataset_layout(domain: str, monkeypatch) -> None:
     if domain == "rotten_tomatoes":
         with pytest.raises(ValueError, match="fixed at 50"):
             load_sentiment(domain, n_test=10)
+
+
+def test_splits_come_shuffled_so_their_heads_are_fair_samples() -> None:
+    ds = load_sentiment("movies", seed=0)
+    for name, split in ds.items():
+        head = split.select(range(100))["label"]
+        assert 0.3 < sum(head) / 100 < 0.7, f"the first 100 rows of {name} are not a fair sample"
+        ids = [int(i.split(":")[1]) for i in split["id"][:50]]
+        assert ids != sorted(ids), f"{name} comes in source order"

@@ -99,6 +99,7 @@ def test_student_sizes(teacher):
     assert count_parameters(bert) < count_parameters(model) / 4
     distil = distilbert_style_student(model)
     assert distil.config.num_hidden_layers == 3 and len(distil.bert.encoder.layer) == 3
+    assert model.config.num_hidden_layers == 6  # the teacher is untouched
     torch.testing.assert_close(distil.bert.encoder.layer[0].output.dense.weight,
                                model.bert.encoder.layer[1].output.dense.weight)
     assert model_size_mb(bag) == pytest.approx(count_parameters(bag) * 4 / 1e6, rel=0.01)
@@ -211,3 +212,23 @@ def test_warmup_schedule_shape():
         sched.step()
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+
+
+def test_cnn_student_ignores_padding_and_handles_short_inputs(teacher):
+    from kdhelpers.models import CNNStudent
+
+    torch.manual_seed(0)
+    cnn = CNNStudent(vocab_size=50, embed_dim=8, channels=4, widths=(2, 3)).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    out = cnn(ids, torch.ones_like(ids))
+    padded = torch.tensor([[1, 5, 6, 7, 2, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    torch.testing.assert_close(cnn(padded, mask), out)
+    assert cnn(torch.tensor([[1]]), torch.tensor([[1]])).shape == (1, 2)
+    with pytest.raises(ValueError, match="vocabulary"):
+        cnn(torch.tensor([[60]]))
+    with pytest.raises(ValueError, match="widths"):
+        CNNStudent(50, widths=())
+    model, tok = teacher
+    big = CNNStudent(tok.vocab_size, embed_dim=16)
+    assert 0 < init_embeddings_from_teacher(big, model) < 1

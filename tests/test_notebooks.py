@@ -10,19 +10,27 @@ import sys
 
 import pytest
 
-from kdhelpers.course import execute_notebook, list_notebooks
+from kdhelpers.course import execute_notebook, list_notebooks, temporary_env
 
 NOTEBOOKS = list_notebooks()
 
 
+@pytest.fixture(scope="session")
+def shared_dirs(tmp_path_factory):
+    """Checkpoints, logit cache and results shared by the notebooks of one test session (in order)."""
+    root = tmp_path_factory.mktemp("course")
+    return {"KD_CHECKPOINT_DIR": str(root / "checkpoints"), "KD_CACHE_DIR": str(root / "cache"),
+            "KD_RESULTS_DIR": str(root / "results")}
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_quick_profile(notebook, tmp_path):
+def test_notebook_quick_profile(notebook, tmp_path, shared_dirs):
     executed = tmp_path / notebook.name
-    results = tmp_path / "results"
-    seconds = execute_notebook(notebook, executed, "quick", results, timeout_s=600)
+    with temporary_env(**shared_dirs):
+        seconds = execute_notebook(notebook, executed, "quick", shared_dirs["KD_RESULTS_DIR"], timeout_s=600)
     print(f"{notebook.name}: papermill quick run took {seconds:.1f} s")
-    env = {**os.environ, "KD_RESULTS_DIR": str(results), "TQDM_DISABLE": "1"}
+    env = {**os.environ, **shared_dirs, "TQDM_DISABLE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
          "--rootdir", str(tmp_path), executed.name],

@@ -34,3 +34,20 @@ def test_line_plot_checks_lengths():
     assert fig.axes[0].get_xscale() == "log"
     with pytest.raises(ValueError, match="series"):
         line_plot([1, 2], {"a": [1]}, "x", "y")
+
+
+def test_reliability_heatmap_scatter():
+    from kdhelpers.plots import heatmap, reliability_diagram, scatter_tradeoff
+
+    bins = [{"low": 0.5, "high": 0.75, "n": 3, "confidence": 0.6, "accuracy": 0.5},
+            {"low": 0.75, "high": 1.0, "n": 0, "confidence": float("nan"), "accuracy": float("nan")}]
+    assert len(reliability_diagram(bins).axes[0].patches) == 1
+    with pytest.raises(ValueError, match="bin"):
+        reliability_diagram([bins[1]])
+    fig = heatmap([[0.1, 0.2], [0.3, 0.4]], ["a", "b"], ["x", "y"], "T", "alpha")
+    assert len(fig.axes[0].texts) == 4
+    with pytest.raises(ValueError, match="shape"):
+        heatmap([[0.1]], ["a", "b"], ["x"], "T", "alpha")
+    fig = scatter_tradeoff([{"name": "t", "latency_ms": 10, "accuracy": 0.8, "size_mb": 90},
+                            {"name": "s", "latency_ms": 0.1, "accuracy": 0.78, "size_mb": 2}])
+    assert len(fig.axes[0].collections) == 2

@@ -1,0 +1,224 @@
+"""End-to-end steps the text chapters share: tokenized splits, the fine-tuned teacher, its logits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from kdhelpers.models import load_teacher
+from kdhelpers.paths import cache_dir, checkpoints_dir
+from kdhelpers.pseudo import cache_logits
+from kdhelpers.train import TextExamples, evaluate, fit, make_loader, tokenize_texts
+
+TEACHER_KEYS = ("domain", "seed", "n_train", "pooling", "max_length", "epochs", "lr", "batch_size")
+
+#: Data and teacher sizes per profile, shared by chapters 03-10 so they reuse one teacher checkpoint.
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "quick": dict(n_train=160, n_validation=100, n_test=200, n_unlabeled=300, pooling="mean",
+                  max_length=48, epochs=1, lr=1e-4, batch_size=16),
+    "standard": dict(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
+                     max_length=64, epochs=3, lr=1e-4, batch_size=32),
+    "full": dict(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
+                 max_length=64, epochs=4, lr=1e-4, batch_size=32),
+}
+
+
+def course_settings(profile: str, seed: int = 0, domain: str = "movies") -> dict[str, Any]:
+    """The data and teacher settings of a resolved profile ('quick', 'standard' or 'full')."""
+    if profile not in PROFILE_SETTINGS:
+        raise ValueError(f"profile must be one of {tuple(PROFILE_SETTINGS)} (resolve 'auto' first; got {profile!r})")
+    return {"domain": domain, "seed": seed, **PROFILE_SETTINGS[profile]}
+
+
+def course_data(settings: Mapping[str, Any]) -> Any:
+    """The DatasetDict for `settings` (kdhelpers.data.load_sentiment, unlabelled pool trimmed if asked)."""
+    from kdhelpers.data import load_sentiment
+
+    ds = load_sentiment(settings["domain"], seed=settings["seed"], n_train=settings["n_train"],
+                        n_validation=settings.get("n_validation"), n_test=settings.get("n_test"))
+    n_unl = settings.get("n_unlabeled")
+    if n_unl is not None and n_unl < len(ds["unlabeled"]):
+        ds["unlabeled"] = ds["unlabeled"].select(range(n_unl))
+    return ds
+
+
+@dataclass
+class TextSplit:
+    """One split, tokenized: ids, texts, token ids and gold labels (withheld from training when unlabelled)."""
+
+    ids: list[str]
+    texts: list[str]
+    input_ids: list[list[int]]
+    gold: torch.Tensor
+
+    def examples(self, with_labels: bool = True, teacher_logits: torch.Tensor | None = None) -> TextExamples:
+        """TextExamples for the loop; with_labels=False hides the gold labels (-1)."""
+        return TextExamples(self.input_ids, self.gold if with_labels else None, teacher_logits)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int) -> TextSplit:
+        """The first `n` examples of the split."""
+        if not isinstance(n, int) or not 0 < n <= len(self.ids):
+            raise ValueError(f"n must be an int in [1, {len(self.ids)}] (got {n!r})")
+        return TextSplit(self.ids[:n], self.texts[:n], self.input_ids[:n], self.gold[:n])
+
+
+def tokenize_splits(dataset: Any, tokenizer: Any, max_length: int = 64) -> dict[str, TextSplit]:
+    """Tokenize every split of a DatasetDict from kdhelpers.data.load_sentiment."""
+    out = {}
+    for name, split in dataset.items():
+        texts = list(split["text"])
+        out[name] = TextSplit(list(split["id"]), texts, tokenize_texts(texts, tokenizer, max_length),
+                              torch.tensor(split["label"], dtype=torch.long))
+    return out
+
+
+def _teacher_name(settings: Mapping[str, Any], splits: Mapping[str, TextSplit]) -> str:
+    """Checkpoint stem from the teacher's settings and the ids of its training data."""
+    missing = [k for k in TEACHER_KEYS if k not in settings]
+    if missing:
+        raise ValueError(f"teacher settings lack {missing} (need {list(TEACHER_KEYS)})")
+    h = hashlib.sha256(json.dumps({k: settings[k] for k in TEACHER_KEYS}, sort_keys=True).encode())
+    for name in ("train", "validation"):
+        h.update("|".join(splits[name].ids).encode())
+    return f"teacher-{settings['domain']}-{h.hexdigest()[:12]}"
+
+
+def load_or_train_teacher(
+    settings: Mapping[str, Any],
+    splits: Mapping[str, TextSplit],
+    device: torch.device | str,
+    folder: Path | None = None,
+    retrain: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when one matches, else trained now."""
+    folder = checkpoints_dir() if folder is None else Path(folder)
+    stem = folder / _teacher_name(settings, splits)
+    model, _ = load_teacher(None, pooling=settings["pooling"])
+    weights, _ = checkpoint_paths(stem)
+    if weights.exists() and not retrain:
+        try:
+            record = load_checkpoint(model, stem)
+            return model.to(device), {"trained_now": False, "checkpoint": stem.name, **record}
+        except Exception:  # damaged checkpoint: train again and overwrite it
+            model, _ = load_teacher(None, pooling=settings["pooling"])
+    train = make_loader(splits["train"].examples(), settings["batch_size"], shuffle=True,
+                        device=device, seed=settings["seed"])
+    val = make_loader(splits["validation"].examples(), 128, device=device)
+    history = fit(model, train, val, epochs=settings["epochs"], lr=settings["lr"], device=device,
+                  patience=1, desc="teacher")
+    record = {"settings": dict(settings), "history": history}
+    save_checkpoint(model, stem, record)
+    return model, {"trained_now": True, "checkpoint": stem.name, **record}
+
+
+def teacher_logits(
+    teacher: nn.Module,
+    split: TextSplit,
+    device: torch.device | str,
+    name: str = "teacher",
+    folder: Path | None = None,
+    batch_size: int = 128,
+) -> torch.Tensor:
+    """The teacher's logits on a split, through the on-disk cache (computed once per teacher and data)."""
+    folder = cache_dir() if folder is None else Path(folder)
+    return cache_logits(teacher, split.ids, split.input_ids, folder, name=name, batch_size=batch_size,
+                        device=device).logits
+
+
+def split_accuracy(model: nn.Module, split: TextSplit, device: torch.device | str) -> float:
+    """Accuracy of `model` on a labelled split."""
+    return evaluate(model, make_loader(split.examples(), 128, device=device), device)["accuracy"]
+
+
+def augmented_split(split: TextSplit, n_copies: int, mask_id: int, seed: int = 0,
+                    special_ids: tuple[int, ...] = (101, 102)) -> TextSplit:
+    """Noisy copies of a split's token ids (masking, n-gram cuts) as a new, unlabelled split."""
+    from kdhelpers.augment import augment_token_ids
+
+    ids = augment_token_ids(split.input_ids, n_copies=n_copies, mask_id=mask_id, special_ids=special_ids, seed=seed)
+    names = [f"aug{k}:{i}" for i in split.ids for k in range(n_copies)]
+    texts = [t for t in split.texts for _ in range(n_copies)]
+    return TextSplit(names, texts, ids, torch.full((len(ids),), -1, dtype=torch.long))
+
+
+def concat_splits(*parts: TextSplit) -> TextSplit:
+    """One split made of several (ids must stay unique)."""
+    ids = [i for p in parts for i in p.ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("concat_splits: the parts share example ids")
+    return TextSplit(ids, [t for p in parts for t in p.texts], [x for p in parts for x in p.input_ids],
+                     torch.cat([p.gold for p in parts]))
+
+
+STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
+
+
+def make_student(kind: str, vocab_size: int, teacher: nn.Module | torch.Tensor | None = None, seed: int = 0,
+                 **sizes: Any) -> nn.Module:
+    """A fresh seeded student: 'bag', 'cnn' or 'tiny-bert'; word embeddings from the teacher (or a projected table) when given."""
+    from kdhelpers.models import (
+        BagOfEmbeddingsStudent,
+        CNNStudent,
+        init_embeddings_from_teacher,
+        tiny_bert_student,
+    )
+
+    if kind not in STUDENT_KINDS:
+        raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
+    torch.manual_seed(seed)
+    if kind == "bag":
+        model = BagOfEmbeddingsStudent(vocab_size, **sizes)
+    elif kind == "cnn":
+        model = CNNStudent(vocab_size, **sizes)
+    else:
+        return tiny_bert_student(vocab_size, **sizes)
+    if teacher is not None:
+        init_embeddings_from_teacher(model, teacher)
+    return model
+
+
+def train_student(
+    model: nn.Module,
+    train: TextExamples,
+    validation: TextSplit,
+    loss_fn: Any,
+    device: torch.device | str,
+    epochs: int = 8,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    patience: int | None = 2,
+    desc: str = "student",
+) -> dict[str, Any]:
+    """Train a student with the course loop (early stopping on validation accuracy); returns its history."""
+    loader = make_loader(train, batch_size, shuffle=True, device=device, seed=seed)
+    val = make_loader(validation.examples(), 256, device=device)
+    return fit(model, loader, val, loss_fn, epochs=epochs, lr=lr, device=device, patience=patience,
+               warmup_ratio=0.05, desc=desc)
+
+
+def model_report(model: nn.Module, name: str, test: TextSplit, device: torch.device | str,
+                 repeats: int = 20) -> dict[str, Any]:
+    """Test accuracy, parameters, size and CPU latency (batch 1 and 64) of one model."""
+    from kdhelpers.metrics import cpu_latency
+    from kdhelpers.models import count_parameters, model_size_mb
+
+    acc = split_accuracy(model, test, device)
+    cpu = model.to("cpu")
+    sample = test.input_ids[:64]
+    b1 = cpu_latency(cpu, sample, batch_size=1, repeats=repeats, warmup=3)
+    b64 = cpu_latency(cpu, sample, batch_size=64, repeats=max(3, repeats // 4), warmup=1)
+    model.to(device)
+    return {"name": name, "accuracy": acc, "params_m": count_parameters(model) / 1e6,
+            "size_mb": model_size_mb(model), "latency_b1_ms": b1["median_ms"], "latency_b64_ms": b64["median_ms"]}

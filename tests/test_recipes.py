@@ -1,0 +1,53 @@
+"""The shared teacher recipe: train once, reload from its checkpoint, recompute on any change."""
+
+import pytest
+import torch
+
+from kdhelpers.data import load_sentiment
+from kdhelpers.models import load_teacher
+from kdhelpers.recipes import load_or_train_teacher, split_accuracy, teacher_logits, tokenize_splits
+
+
+@pytest.fixture(scope="module")
+def splits():
+    ds = load_sentiment("movies", seed=0, n_train=24, n_validation=16, n_test=16)
+    ds["unlabeled"] = ds["unlabeled"].select(range(20))
+    _, tok = load_teacher()
+    return tokenize_splits(ds, tok, max_length=24)
+
+
+SETTINGS = dict(domain="movies", seed=0, n_train=24, pooling="mean", max_length=24, epochs=1, lr=1e-4,
+                batch_size=8)
+
+
+def test_tokenized_splits_keep_ids_and_hide_nothing_by_accident(splits):
+    assert set(splits) == {"train", "unlabeled", "validation", "test"}
+    unl = splits["unlabeled"].examples(with_labels=False)
+    assert (unl.labels == -1).all() and len(unl) == 20
+    assert all(len(ids) <= 24 for ids in splits["train"].input_ids)
+
+
+def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
+    torch.manual_seed(0)
+    first, info = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert info["trained_now"] and (tmp_path / f"{info['checkpoint']}.safetensors").exists()
+    second, info2 = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert not info2["trained_now"] and info2["checkpoint"] == info["checkpoint"]
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    acc = split_accuracy(second, splits["test"], "cpu")
+    assert acc == split_accuracy(first, splits["test"], "cpu")
+    # other settings, other checkpoint
+    _, info3 = load_or_train_teacher({**SETTINGS, "lr": 2e-4}, splits, "cpu", folder=tmp_path)
+    assert info3["trained_now"] and info3["checkpoint"] != info["checkpoint"]
+    # a damaged checkpoint is retrained, not trusted
+    weights = tmp_path / f"{info['checkpoint']}.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _, info4 = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert info4["trained_now"]
+    # the cached logits come back identical
+    logits = teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path)
+    assert logits.shape == (20, 2)
+    torch.testing.assert_close(teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path), logits)
+    with pytest.raises(ValueError, match="settings"):
+        load_or_train_teacher({"domain": "movies"}, splits, "cpu", folder=tmp_path)
