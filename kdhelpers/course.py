@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,17 +34,40 @@ def list_notebooks(folder: Path | None = None, only: Iterable[str] | None = None
     return found
 
 
+_PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$")
+
+
+def _strip_progress(text: str) -> str:
+    """Remove tqdm progress-bar lines (carriage-return updates included) from a stderr stream."""
+    lines = re.split(r"[\r\n]+", text)
+    kept = [line for line in lines if line.strip() and not _PROGRESS_LINE.match(line)]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
 def clean_notebook(nb: dict[str, Any]) -> dict[str, Any]:
-    """Drop run-specific metadata (papermill paths and timings) so committed notebooks stay clean."""
+    """Drop run-specific metadata (papermill paths and timings) and progress bars from executed copies."""
     meta = nb.setdefault("metadata", {})
     meta.pop("papermill", None)
     meta.pop("jupytext", None)
+    meta.pop("widgets", None)
     meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
         meta.pop("papermill", None)
         meta.pop("execution", None)
         meta.pop("lines_to_next_cell", None)
+        outputs = []
+        for out in cell.get("outputs", []):
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
+                continue  # a progress widget: nothing to see in a saved notebook
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = _strip_progress("".join(out.get("text", "")))
+                if not text:
+                    continue
+                out["text"] = text
+            outputs.append(out)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = outputs
     return nb
 
 
@@ -96,14 +120,15 @@ def execute_notebook(
     return elapsed
 
 
-def summary_rows(results_dir: Path) -> list[tuple[str, str, str]]:
-    """(notebook, metric, value) rows from every results/<notebook>.json."""
+def summary_rows(results_dir: Path, with_run: bool = False) -> list[tuple[str, ...]]:
+    """(notebook, metric, value[, profile, date]) rows from every results/<notebook>.json."""
     rows = []
     for path in sorted(Path(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         for key, value in data.get("metrics", {}).items():
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            rows.append((path.stem, key, text))
+            extra = (str(data.get("profile")), str(data.get("date"))) if with_run else ()
+            rows.append((path.stem, key, text, *extra))
     return rows
 
 
@@ -155,7 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--out", type=Path, help="run folder (default runs/<date>-<profile>)")
     p_run.add_argument("--in-place", action="store_true", help="write outputs into notebooks/")
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p_table = sub.add_parser("table", help="print the results table of the committed (or a given) run")
+    p_table.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        from kdhelpers.paths import results_dir
+
+        rows = summary_rows(args.results or results_dir(), with_run=True)
+        print(format_table(rows, ("notebook", "metric", "value", "profile", "date")))
+        return 0
     run(args.profile, args.only, args.out, args.in_place, args.timeout)
     return 0
 

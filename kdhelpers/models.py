@@ -123,6 +123,24 @@ def load_teacher(
     return model, tokenizer
 
 
+def _check_sizes(num_labels: int, **sizes: int) -> None:
+    """Each size must be a positive int, and num_labels at least 2."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int (got {value!r})")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+        raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+
+
+def _check_vocab(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Token ids must index the student's own vocabulary."""
+    if input_ids.numel() and int(input_ids.max()) >= vocab_size:
+        raise ValueError(
+            f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
+            f"{vocab_size} entries: use the tokenizer the student was built for"
+        )
+
+
 class BagOfEmbeddingsStudent(nn.Module):
     """Mean of token embeddings (padding ignored) followed by a small MLP."""
 
@@ -136,11 +154,7 @@ class BagOfEmbeddingsStudent(nn.Module):
         padding_idx: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("hidden", hidden)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int (got {value!r})")
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+        _check_sizes(num_labels, vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden)
         self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
         self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=padding_idx)
         self.mlp = nn.Sequential(
@@ -152,11 +166,7 @@ class BagOfEmbeddingsStudent(nn.Module):
         """Logits of shape (batch, num_labels)."""
         if attention_mask is not None:
             input_ids = input_ids.masked_fill(attention_mask == 0, self.padding_idx)
-        if input_ids.numel() and int(input_ids.max()) >= self.vocab_size:
-            raise ValueError(
-                f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
-                f"{self.vocab_size} entries: use the tokenizer the student was built for"
-            )
+        _check_vocab(input_ids, self.vocab_size)
         return self.mlp(self.embedding(input_ids))
 
 
@@ -174,13 +184,9 @@ class CNNStudent(nn.Module):
         padding_idx: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("channels", channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int (got {value!r})")
+        _check_sizes(num_labels, vocab_size=vocab_size, embed_dim=embed_dim, channels=channels)
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be positive ints (got {widths!r})")
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
         self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
         self.max_width = max(widths)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
@@ -190,11 +196,7 @@ class CNNStudent(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
-        if input_ids.numel() and int(input_ids.max()) >= self.vocab_size:
-            raise ValueError(
-                f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
-                f"{self.vocab_size} entries: use the tokenizer the student was built for"
-            )
+        _check_vocab(input_ids, self.vocab_size)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if input_ids.shape[1] < self.max_width:  # very short inputs: pad so every filter fits

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 STYLE = {
     "figure.dpi": 100,
@@ -84,6 +85,7 @@ def training_curves(
                 ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=run_name or key)
         ax.set_title(key)
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(runs) > 1:
             ax.legend()
     fig.suptitle(title)

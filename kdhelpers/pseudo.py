@@ -16,7 +16,7 @@ from torch import nn
 from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import logits_of
-from kdhelpers.train import pad_collate
+from kdhelpers.train import pad_collate, progress_bar
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -38,8 +38,6 @@ def predict_logits(
     progress: bool = False,
 ) -> torch.Tensor:
     """Logits for every example, in input order, computed in eval mode without gradients (float32, CPU)."""
-    from tqdm.auto import tqdm
-
     if len(input_ids) == 0:
         raise ValueError("input_ids is empty: nothing to predict")
     device = get_device() if device is None else torch.device(device)
@@ -51,7 +49,7 @@ def predict_logits(
     was_training = model.training
     model.eval().to(device)
     out: torch.Tensor | None = None
-    for idx in tqdm(batches, desc="teacher inference", leave=False, disable=not progress):
+    for idx in progress_bar(batches, "teacher inference", enabled=progress):
         feats = [{"input_ids": input_ids[i], "labels": -1, "index": i} for i in idx]
         batch = pad_collate(feats, pad_id)
         if not sort_by_length:  # pad to the longest example overall, as a naive loop would

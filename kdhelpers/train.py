@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,14 @@ from kdhelpers.losses import distillation_loss
 from kdhelpers.models import logits_of
 
 LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def progress_bar(iterable: Any, desc: str, enabled: bool = True) -> Any:
+    """A tqdm.auto progress bar, hidden when `enabled` is False or env TQDM_DISABLE is set (batch runs)."""
+    from tqdm.auto import tqdm
+
+    hidden = not enabled or os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes"}
+    return tqdm(iterable, desc=desc, leave=False, disable=hidden)
 
 
 # ---------------------------------------------------------------- data to batches
@@ -191,8 +200,6 @@ def fit(
     desc: str = "train",
 ) -> dict[str, Any]:
     """Train with AdamW, warm-up, clipping, AMP on CUDA and early stopping; restores the best epoch."""
-    from tqdm.auto import tqdm
-
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int (got {epochs!r})")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
@@ -210,7 +217,7 @@ def fit(
     for epoch in range(1, epochs + 1):
         model.train()
         start, losses = time.perf_counter(), []
-        for batch in tqdm(train_loader, desc=f"{desc} {epoch}/{epochs}", leave=False):
+        for batch in progress_bar(train_loader, f"{desc} {epoch}/{epochs}"):
             batch = to_device(batch, device)
             with autocast(device, enabled=use_amp):
                 logits = forward_logits(model, batch)

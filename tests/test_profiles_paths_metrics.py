@@ -84,3 +84,42 @@ def test_cpu_latency_reports_median():
     assert stats["examples_per_s"] > 0 and stats["batch_size"] == 4
     with pytest.raises(ValueError, match="input_ids"):
         cpu_latency(BagOfEmbeddingsStudent(30), [], batch_size=1)
+
+
+def test_course_table_command_reads_results(tmp_path, capsys):
+    from kdhelpers.course import list_notebooks, main
+
+    save_results("05_x", {"acc": 0.75}, "standard", folder=tmp_path)
+    assert main(["table", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 05_x | acc | 0.75 | standard |" in out
+    with pytest.raises(ValueError, match="no notebook"):
+        list_notebooks(only=["99"])
+
+
+def test_clean_notebook_drops_progress_bars_and_paths():
+    from kdhelpers.course import clean_notebook
+
+    bar = "train 1/3:   0%|          | 0/94 [00:00<?, ?it/s]\rtrain 1/3: 100%|##| 94/94 [00:01<00:00]\n"
+    nb = {"metadata": {"papermill": {"input_path": "/x"}, "jupytext": {}},
+          "cells": [{"cell_type": "code", "metadata": {"papermill": {}, "execution": {}},
+                     "outputs": [{"output_type": "stream", "name": "stderr", "text": bar},
+                                 {"output_type": "stream", "name": "stderr", "text": bar + "a real warning\n"},
+                                 {"output_type": "display_data", "metadata": {},
+                                  "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                           "text/plain": ["t 1/2:   0%|   | 0/8 [00:00<?, ?it/s]"]}},
+                                 {"output_type": "stream", "name": "stdout", "text": "result 0.5\n"}]}]}
+    out = clean_notebook(nb)
+    assert "papermill" not in out["metadata"] and out["metadata"]["kernelspec"]["name"] == "python3"
+    outputs = out["cells"][0]["outputs"]
+    assert [o["text"] for o in outputs] == ["a real warning\n", "result 0.5\n"]
+
+
+def test_progress_bar_respects_env(monkeypatch):
+    from kdhelpers.train import progress_bar
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(range(3), "x").disable
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert not progress_bar(range(3), "x").disable
+    assert progress_bar(range(3), "x", enabled=False).disable

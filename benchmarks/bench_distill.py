@@ -1,0 +1,239 @@
+"""Distillation cost and student speed, measured side by side in one process.
+
+    python benchmarks/bench_distill.py            # full run (several minutes), writes results.md/json
+    python benchmarks/bench_distill.py --quick    # smoke run (< 2 min); CI runs this
+    python benchmarks/bench_distill.py --device cuda
+
+Measures, on the same data and machine: (1) a distillation epoch with cached teacher logits vs.
+the teacher run online in every step vs. label-only training of the same student; (2) teacher vs.
+students: parameters, size, CPU latency at batch 1 and 64, throughput; (3) teacher labelling
+throughput with and without length-sorted batches; (4) optionally, the quick-profile wall time of
+every notebook (the CI budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdhelpers.device import get_device, to_device
+from kdhelpers.losses import distillation_loss
+from kdhelpers.metrics import cpu_latency
+from kdhelpers.models import (
+    count_parameters,
+    load_teacher,
+    logits_of,
+    model_size_mb,
+    project_teacher_embeddings,
+)
+from kdhelpers.pseudo import predict_logits
+from kdhelpers.recipes import course_data, course_settings, make_student, tokenize_splits
+from kdhelpers.train import (
+    TextExamples,
+    cross_entropy_loss,
+    forward_logits,
+    make_kd_loss,
+    make_loader,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed_epoch(student, loader, loss_step, device) -> float:
+    """Seconds for one training epoch of `student` where loss_step(logits, batch) gives the loss."""
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    student.to(device).train()
+    start = time.perf_counter()
+    for batch in loader:
+        batch = to_device(batch, device)
+        loss = loss_step(forward_logits(student, batch), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_epochs(teacher, emb, ids, labels, device, repeats: int) -> dict:
+    """Median epoch time: label-only, KD with cached logits, KD with the teacher run online."""
+    teacher.to(device).eval()
+    cached = predict_logits(teacher, ids, batch_size=128, device=device)
+    kd = make_kd_loss(alpha=0.5, temperature=4.0)
+
+    def online_step(logits, batch):
+        with torch.inference_mode():
+            t = logits_of(teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float()
+        return distillation_loss(logits, t.clone(), batch["labels"], alpha=0.5, temperature=4.0)
+
+    runs = {"labels only": (TextExamples(ids, labels), cross_entropy_loss),
+            "KD, cached teacher logits": (TextExamples(ids, labels, cached), kd),
+            "KD, teacher run online": (TextExamples(ids, labels), online_step)}
+    out = {}
+    for name, (data, step) in runs.items():
+        times = []
+        for r in range(repeats):
+            student = make_student("bag", teacher.config.vocab_size, emb, seed=r)
+            times.append(timed_epoch(student, make_loader(data, 64, shuffle=True, device=device, seed=r), step, device))
+        out[name] = statistics.median(times)
+    return out
+
+
+def bench_models(teacher, emb, sample, repeats: int) -> list[dict]:
+    """Parameters, size and CPU latency/throughput of the teacher and each student kind."""
+    vocab = teacher.config.vocab_size
+    models = {"teacher (MiniLM-L6)": teacher,
+              "bag": make_student("bag", vocab, emb), "cnn": make_student("cnn", vocab, emb),
+              "tiny-bert": make_student("tiny-bert", vocab)}
+    rows = []
+    for name, model in models.items():
+        model = model.to("cpu").eval()
+        b1 = cpu_latency(model, sample, batch_size=1, repeats=repeats, warmup=3)
+        b64 = cpu_latency(model, sample, batch_size=64, repeats=max(3, repeats // 5), warmup=1)
+        rows.append({"model": name, "params_m": count_parameters(model) / 1e6, "size_mb": model_size_mb(model),
+                     "latency_b1_ms": b1["median_ms"], "latency_b64_ms": b64["median_ms"],
+                     "throughput_b64": b64["examples_per_s"]})
+    return rows
+
+
+def bench_labelling(teacher, ids, device, batch_sizes) -> list[dict]:
+    """Teacher labelling throughput with and without length-sorted batches."""
+    teacher.to(device).eval()
+    predict_logits(teacher, ids[:64], batch_size=32, device=device)  # warm-up
+    rows = []
+    for bs in batch_sizes:
+        row = {"batch_size": bs}
+        for sort in (False, True):
+            start = time.perf_counter()
+            predict_logits(teacher, ids, batch_size=bs, device=device, sort_by_length=sort)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            row["sorted" if sort else "padded_to_max"] = len(ids) / (time.perf_counter() - start)
+        row["speedup"] = row["sorted"] / row["padded_to_max"]
+        rows.append(row)
+    return rows
+
+
+def bench_notebooks() -> list[dict]:
+    """Quick-profile wall time of every notebook, executed with papermill in this process's order."""
+    from kdhelpers.course import execute_notebook, list_notebooks, temporary_env
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"KD_CHECKPOINT_DIR": f"{tmp}/ck", "KD_CACHE_DIR": f"{tmp}/cache", "KD_RESULTS_DIR": f"{tmp}/res"}
+        with temporary_env(**env):
+            for nb in list_notebooks():
+                seconds = execute_notebook(nb, Path(tmp) / nb.name, "quick", Path(env["KD_RESULTS_DIR"]))
+                rows.append({"notebook": nb.stem, "seconds": seconds})
+    return rows
+
+
+def table(rows: list[dict], fmt: dict[str, str] | None = None) -> str:
+    """Markdown table of dict rows."""
+    fmt = fmt or {}
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [fmt.get(k, "{:.3g}").format(v) if isinstance(v, float) else str(v) for k, v in r.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (CI)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    parser.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time every notebook in the quick profile (default: on unless --quick)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md and results.json")
+    args = parser.parse_args(argv)
+    device = get_device(args.device)
+    n, repeats, lat_repeats = (256, 1, 10) if args.quick else (3000, 3, 50)
+    run_notebooks = (not args.quick) if args.notebooks is None else args.notebooks
+
+    import transformers
+    transformers.logging.set_verbosity_error()
+    settings = course_settings("standard")
+    ds = course_data(settings)
+    teacher, tokenizer = load_teacher(None, pooling="mean")
+    splits = tokenize_splits(ds, tokenizer, max_length=settings["max_length"])
+    ids = (splits["train"].input_ids + splits["unlabeled"].input_ids)[:n]
+    labels = torch.cat([splits["train"].gold, splits["unlabeled"].gold])[:n]
+    emb, _ = project_teacher_embeddings(teacher, 64)
+
+    header = {"date": dt.date.today().isoformat(), "mode": "quick" if args.quick else "full",
+              "device": str(device), "cpu": platform.processor() or platform.machine(),
+              "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+              "examples": n}
+    if device.type == "cuda":
+        header["gpu"] = torch.cuda.get_device_name(device)
+    print("benchmark:", header, flush=True)
+
+    epochs = bench_epochs(teacher, emb, ids, labels, device, repeats)
+    ratios = {"cached_kd_over_labels": epochs["KD, cached teacher logits"] / epochs["labels only"],
+              "online_kd_over_cached_kd": epochs["KD, teacher run online"] / epochs["KD, cached teacher logits"]}
+    print(epochs, ratios, flush=True)
+    models = bench_models(teacher, emb, splits["test"].input_ids[:64], lat_repeats)
+    t = models[0]
+    for r in models:
+        r["speedup_b1"] = t["latency_b1_ms"] / r["latency_b1_ms"]
+        r["speedup_b64"] = t["latency_b64_ms"] / r["latency_b64_ms"]
+    labelling = bench_labelling(teacher, ids, device, [16, 64] if args.quick else [16, 64, 128])
+    notebooks = bench_notebooks() if run_notebooks else []
+
+    best_student = next(r for r in models if r["model"] == "cnn")  # chapter 05's best distilled student
+    best_sort = max(r["speedup"] for r in labelling)
+    targets = [
+        ("cached-logit KD epoch <= 1.15x the label-only epoch", ratios["cached_kd_over_labels"] <= 1.15,
+         f"{ratios['cached_kd_over_labels']:.2f}x"),
+        ("online-teacher epoch several (>= 3x) times slower than cached", ratios["online_kd_over_cached_kd"] >= 3,
+         f"{ratios['online_kd_over_cached_kd']:.1f}x"),
+        ("best distilled student (cnn, chapter 05) >= 10x faster than the teacher at batch 1",
+         best_student["speedup_b1"] >= 10,
+         f"{best_student['model']}: {best_student['speedup_b1']:.0f}x"),
+        ("length-sorted labelling >= 1.5x faster than padding to the maximum", best_sort >= 1.5, f"{best_sort:.2f}x"),
+    ]
+    if notebooks:
+        slowest = max(notebooks, key=lambda r: r["seconds"])
+        targets.append(("every notebook <= 60 s in the quick profile", slowest["seconds"] <= 60,
+                        f"slowest {slowest['notebook']}: {slowest['seconds']:.0f} s; "
+                        f"all: {sum(r['seconds'] for r in notebooks):.0f} s"))
+
+    md = [f"# Benchmark results ({header['mode']} run)", "",
+          "Produced by `python benchmarks/bench_distill.py" + (" --quick" if args.quick else "") + "`; all figures "
+          "from one process on one machine.", "", table([header]), "",
+          "## 1. Distillation epoch time (bag student, batch 64)", "",
+          table([{"training": k, "seconds per epoch": v} for k, v in epochs.items()]), "",
+          f"Cached KD / label-only: **{ratios['cached_kd_over_labels']:.2f}x**; "
+          f"online teacher / cached KD: **{ratios['online_kd_over_cached_kd']:.1f}x**.", "",
+          "## 2. Teacher vs. students (CPU latency: warm-up, then the median of repeated runs)", "",
+          table(models), "", "## 3. Teacher labelling throughput (examples/s)", "", table(labelling), ""]
+    if notebooks:
+        md += ["## 4. Quick-profile wall time per notebook (s)", "", table(notebooks), "",
+               f"Whole suite: **{sum(r['seconds'] for r in notebooks):.0f} s** (papermill only; CI also re-runs "
+               "each notebook under nbval).", ""]
+    md += ["## Targets", "", "| target | met | measured |", "|---|---|---|"]
+    md += [f"| {name} | {'yes' if ok else '**no**'} | {value} |" for name, ok, value in targets]
+    text = "\n".join(md) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if not args.quick else "-quick"
+    (args.out / f"results{suffix}.md").write_text(text)
+    (args.out / f"results{suffix}.json").write_text(json.dumps(
+        {"header": header, "epochs": epochs, "ratios": ratios, "models": models, "labelling": labelling,
+         "notebooks": notebooks, "targets": [{"target": a, "met": b, "measured": c} for a, b, c in targets]},
+        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
