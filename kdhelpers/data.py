@@ -687,6 +687,15 @@ def _load_hub(
 # ----------------------------------------------------------------------------- command line
 
 
+def positive_rater_share(rater_scores: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per snippet, the share of non-zero human ratings that are positive (0.5 when every rating is 0)."""
+    out = np.empty(len(rater_scores))
+    for i, scores in enumerate(rater_scores):
+        nonzero = [s for s in scores if s != 0]
+        out[i] = np.mean([s > 0 for s in nonzero]) if nonzero else 0.5
+    return out
+
+
 def vader_summary(data_dir: Path | str | None = None) -> list[dict[str, int | str]]:
     """Rows, neutral rows, labels and default split sizes per VADER domain."""
     summary: list[dict[str, int | str]] = []

@@ -123,3 +123,22 @@ def test_progress_bar_respects_env(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE")
     assert not progress_bar(range(3), "x").disable
     assert progress_bar(range(3), "x", enabled=False).disable
+
+
+def test_fit_temperature_recovers_a_known_temperature():
+    from kdhelpers.metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randn(4000, 3, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(true, -1), 1, generator=g).squeeze(1)
+    # logits that are 2.5x too confident: the fitted temperature should undo that
+    assert fit_temperature(true * 2.5, labels) == pytest.approx(2.5, abs=0.25)
+    with pytest.raises(ValueError, match="grid"):
+        fit_temperature(true, labels, grid=[0.0, 1.0])
+
+
+def test_positive_rater_share():
+    from kdhelpers.data import positive_rater_share
+
+    share = positive_rater_share([[1, 2, -1, 0], [0, 0], [-3, -1]])
+    assert share.tolist() == [2 / 3, 0.5, 0.0]
