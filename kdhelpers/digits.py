@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdhelpers.models import count_parameters  # noqa: F401  (re-exported for chapter 01)
+
 SOURCES = ("digits", "mnist")
 SPLITS = ("train", "transfer", "val", "test")
 DEFAULT_FRACTIONS = (0.35, 0.3, 0.1, 0.25)
@@ -271,11 +273,6 @@ def make_student(
     return make_mlp(in_features, hidden, n_classes, 0.0, seed)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------- training

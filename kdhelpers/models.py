@@ -303,6 +303,8 @@ def logits_of(output: object) -> torch.Tensor:
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
