@@ -273,8 +273,6 @@ def make_student(
     return make_mlp(in_features, hidden, n_classes, 0.0, seed)
 
 
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -357,6 +355,22 @@ def train_model(
                 history["val accuracy"].append(evaluate(model, x_val, y_val))
     model.eval()
     return history
+
+
+def train_student(
+    inputs: torch.Tensor,
+    targets: torch.Tensor | Sequence[torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
+    seed: int,
+    *,
+    epochs: int,
+    lr: float = 1e-2,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """A fresh seeded student (make_student) trained on (inputs, targets) with loss_fn; returns it."""
+    student = make_student(inputs.shape[1], seed=seed).to(device)
+    train_model(student, inputs, targets, loss_fn, epochs=epochs, lr=lr, seed=seed)
+    return student
 
 
 @torch.no_grad()

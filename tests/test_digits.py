@@ -379,3 +379,14 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
     assert results[0] == results[1]
     teacher_acc, student_acc = results[0]
     assert teacher_acc > 0.9 and student_acc > 0.8
+
+
+def test_train_student_is_make_student_plus_train_model() -> None:
+    import torch.nn.functional as F
+
+    data = digits.load_splits("digits", seed=0)
+    a = digits.train_student(data.x_train, data.y_train, F.cross_entropy, 3, epochs=5)
+    b = digits.make_student(data.n_features, seed=3)
+    digits.train_model(b, data.x_train, data.y_train, F.cross_entropy, epochs=5, lr=1e-2, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
