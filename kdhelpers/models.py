@@ -313,3 +313,13 @@ def model_size_mb(model: nn.Module) -> float:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell() / 1e6
+
+
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability of `model` to 0 in place (runs then repeat across process counts)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+    return model

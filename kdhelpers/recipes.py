@@ -161,6 +161,18 @@ def concat_splits(*parts: TextSplit) -> TextSplit:
                      torch.cat([p.gold for p in parts]))
 
 
+def transfer_set(splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int,
+                 seed: int = 0) -> tuple[TextSplit, torch.Tensor]:
+    """Chapter 05's transfer set (train + unlabelled pool + noisy copies) and its labels (-1 beyond train)."""
+    if not isinstance(aug_copies, int) or aug_copies < 0:
+        raise ValueError(f"aug_copies must be an int >= 0 (got {aug_copies!r})")
+    base = concat_splits(splits["train"], splits["unlabeled"])
+    transfer = base if aug_copies == 0 else concat_splits(base, augmented_split(base, aug_copies, mask_id, seed=seed))
+    n_lab = len(splits["train"])
+    labels = torch.cat([splits["train"].gold, torch.full((len(transfer) - n_lab,), -1, dtype=torch.long)])
+    return transfer, labels
+
+
 STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
 
 

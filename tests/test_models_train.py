@@ -232,3 +232,18 @@ def test_cnn_student_ignores_padding_and_handles_short_inputs(teacher):
     model, tok = teacher
     big = CNNStudent(tok.vocab_size, embed_dim=16)
     assert 0 < init_embeddings_from_teacher(big, model) < 1
+
+
+def test_without_dropout_zeroes_every_dropout_and_makes_train_mode_deterministic():
+    from kdhelpers.models import BagOfEmbeddingsStudent, without_dropout
+
+    torch.manual_seed(0)
+    model = BagOfEmbeddingsStudent(20, embed_dim=8, hidden=8, dropout=0.5).train()
+    ids = torch.tensor([[1, 2, 3, 0]])
+    mask = (ids > 0).long()
+    assert not torch.equal(model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask))
+    assert without_dropout(model) is model
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask))
+    with pytest.raises(TypeError, match="nn.Module"):
+        without_dropout("not a model")

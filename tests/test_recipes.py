@@ -51,3 +51,20 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
     torch.testing.assert_close(teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path), logits)
     with pytest.raises(ValueError, match="settings"):
         load_or_train_teacher({"domain": "movies"}, splits, "cpu", folder=tmp_path)
+
+
+def test_transfer_set_keeps_train_labels_and_hides_the_rest():
+    from kdhelpers.recipes import TextSplit, transfer_set
+
+    def split(prefix, n, label):
+        return TextSplit([f"{prefix}{i}" for i in range(n)], ["t"] * n, [[101, 5 + i, 6, 102] for i in range(n)],
+                         torch.full((n,), label, dtype=torch.long))
+
+    splits = {"train": split("a", 3, 1), "unlabeled": split("u", 2, 0)}
+    transfer, labels = transfer_set(splits, 2, mask_id=103, seed=0)
+    assert len(transfer) == 5 * 3 and transfer.ids[:5] == ["a0", "a1", "a2", "u0", "u1"]
+    assert labels.tolist() == [1, 1, 1] + [-1] * 12
+    plain, plain_labels = transfer_set(splits, 0, mask_id=103)
+    assert len(plain) == 5 and plain_labels.tolist() == [1, 1, 1, -1, -1]
+    with pytest.raises(ValueError, match="aug_copies"):
+        transfer_set(splits, -1, mask_id=103)

@@ -1,0 +1,226 @@
+"""Distillation on one or several processes through Hugging Face Accelerate (DDP underneath).
+
+Accelerate does the engine's work: starting from `torchrun` / `accelerate launch`, process groups,
+wrapping the model in DDP, mixed precision and gradient synchronisation. This module adds only
+what distillation needs on top:
+
+- the teacher's logits are computed once, by the main process, and read from the on-disk cache
+  by the others (`shared_teacher_logits`);
+- every rank sees the same seeded order of examples, and each global batch is split across ranks
+  by Accelerate's data loader (`split_batches=True`), so 1 and N processes see the same batches;
+- the loss of an optimiser step divides summed per-example losses by counts taken over the whole
+  step (all micro-batches of gradient accumulation, all ranks: labelled rows for the CE term, all
+  rows for the KD term), so accumulation and sharding give exactly the gradient of one big batch (`step_loss`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from kdhelpers.losses import kd_kl
+from kdhelpers.pseudo import CachedLogits, cache_logits
+from kdhelpers.train import (
+    TextExamples,
+    forward_logits,
+    pad_collate,
+    progress_bar,
+    warmup_linear_schedule,
+)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of a distillation run; `batch_size` counts examples per optimiser step over all ranks."""
+
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    grad_accum: int = 1
+    alpha: float = 0.0
+    temperature: float = 4.0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    normalisation: str = "step"  # "step" (correct) or "micro-batch" (the naive mean of means, for comparison)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int (got {value!r})")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number (got {self.lr!r})")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
+        if self.normalisation not in ("step", "micro-batch"):
+            raise ValueError(f"normalisation must be 'step' or 'micro-batch' (got {self.normalisation!r})")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (got {self.temperature})")
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per forward pass over all ranks (batch_size / grad_accum)."""
+        return self.batch_size // self.grad_accum
+
+
+def make_accelerator(cpu: bool = False, mixed_precision: str | None = None) -> Any:
+    """An Accelerator whose data loaders split each global batch across the processes."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    if mixed_precision not in (None, "no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be None, 'no', 'fp16' or 'bf16' (got {mixed_precision!r})")
+    config = DataLoaderConfiguration(split_batches=True, even_batches=False)
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, dataloader_config=config)
+
+
+def shared_teacher_logits(
+    accelerator: Any,
+    teacher: nn.Module,
+    ids: Sequence[str],
+    input_ids: Sequence[Sequence[int]],
+    cache_dir: str | Path,
+    name: str = "teacher",
+    batch_size: int = 128,
+) -> CachedLogits:
+    """Teacher logits computed once by the main process; the other ranks wait, then read its cache file."""
+    with accelerator.main_process_first():
+        return cache_logits(teacher, ids, input_ids, cache_dir, name=name, batch_size=batch_size,
+                            device=accelerator.device, progress=accelerator.is_main_process)
+
+
+def kd_loss_parts(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> dict[str, torch.Tensor]:
+    """Summed (not averaged) loss terms of a micro-batch and their counts: CE over labelled rows, T^2 * KL over all."""
+    kd_sum = kd_kl(logits, teacher_logits, temperature=temperature) * logits.shape[0]
+    labelled = labels >= 0
+    ce_sum = (F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum") if labelled.any()
+              else logits.float().sum() * 0.0)
+    return {"ce_sum": ce_sum, "n_labelled": labelled.sum(), "kd_sum": kd_sum,
+            "n": torch.tensor(logits.shape[0], device=logits.device)}
+
+
+def step_loss(parts: Mapping[str, torch.Tensor], n_labelled: int, n: int, alpha: float, world_size: int = 1) -> torch.Tensor:
+    """One rank's micro-batch share of the step loss: alpha * CE / labelled rows + (1 - alpha) * KD / rows.
+
+    `n_labelled` and `n` count the whole optimiser step (every micro-batch, every rank). DDP averages
+    gradients over ranks, so the share is multiplied by `world_size`; summed over micro-batches and
+    averaged over ranks, the gradients are then exactly those of one big batch.
+    """
+    if n < 1 or world_size < 1:
+        raise ValueError(f"need n >= 1 and world_size >= 1 (got n={n}, world_size={world_size})")
+    loss = (1.0 - alpha) * parts["kd_sum"] / n
+    if alpha > 0.0 and n_labelled > 0:
+        loss = loss + alpha * parts["ce_sum"] / n_labelled
+    return loss * world_size
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The same seeded permutation of range(n) on every rank, different for each epoch."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _windows(loader: Any, size: int) -> Any:
+    """Group an iterable of micro-batches into lists of `size` (the last one may be shorter)."""
+    window: list[Any] = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def distill_accelerate(
+    accelerator: Any,
+    model: nn.Module,
+    examples: TextExamples,
+    config: DistillConfig,
+    pad_id: int = 0,
+) -> dict[str, Any]:
+    """Distil `model` on `examples` (with teacher_logits) under Accelerate; returns the per-step loss history."""
+    if examples.teacher_logits is None:
+        raise ValueError("examples need teacher_logits: build TextExamples(..., teacher_logits=...)")
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig (got {type(config).__name__})")
+    world = accelerator.num_processes
+    if config.micro_batch_size % world:
+        raise ValueError(f"batch_size / grad_accum = {config.micro_batch_size} must be divisible by the "
+                         f"{world} processes")
+    n_used = len(examples) // config.micro_batch_size * config.micro_batch_size
+    if n_used == 0:
+        raise ValueError(f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}")
+    steps_per_epoch = math.ceil(n_used // config.micro_batch_size / config.grad_accum)
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = warmup_linear_schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    history: dict[str, Any] = {"step_loss": [], "epoch_loss": [], "world_size": world, "config": asdict(config)}
+    for epoch in range(config.epochs):
+        model.train()
+        # whole micro-batches only, so that every rank gets micro_batch_size / world examples per pass
+        order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
+        loader = accelerator.prepare_data_loader(
+            DataLoader(order, batch_size=config.micro_batch_size, shuffle=False,
+                       collate_fn=lambda f: pad_collate(f, pad_id)))
+        epoch_losses = []
+        for window in progress_bar(_windows(loader, config.grad_accum), f"epoch {epoch + 1}/{config.epochs}",
+                                   enabled=accelerator.is_main_process):
+            # count the step's examples first (from the labels, before any forward pass), over all ranks
+            local = torch.tensor([float(sum(int((b["labels"] >= 0).sum()) for b in window)),
+                                  float(sum(len(b["labels"]) for b in window))], device=accelerator.device)
+            n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
+            total = torch.zeros((), device=accelerator.device)
+            for i, batch in enumerate(window):
+                last = i == len(window) - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    parts = kd_loss_parts(forward_logits(model, batch).float(), batch["teacher_logits"],
+                                          batch["labels"], config.temperature)
+                    if config.normalisation == "step":
+                        loss = step_loss(parts, n_labelled, n, config.alpha, world)
+                    else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
+                        loss = step_loss(parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha) / len(window)
+                    accelerator.backward(loss)
+                total += loss.detach() / world
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss = float(accelerator.reduce(total, "sum").item())
+            history["step_loss"].append(mean_loss)
+            epoch_losses.append(mean_loss)
+        history["epoch_loss"].append(sum(epoch_losses) / len(epoch_losses))
+    return history
+
+
+def unwrapped_state(accelerator: Any, model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """The plain model's weights on the CPU (no DDP 'module.' prefixes)."""
+    return {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+
+
+def max_abs_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts with the same keys and shapes."""
+    if set(a) != set(b):
+        raise ValueError(f"state dicts differ in keys: {sorted(set(a) ^ set(b))[:5]}")
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
