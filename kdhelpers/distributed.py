@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from kdhelpers.device import pin_memory_default
 from kdhelpers.losses import kd_kl
 from kdhelpers.pseudo import CachedLogits, cache_logits
 from kdhelpers.train import (
@@ -182,7 +183,8 @@ def distill_accelerate(
         order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
         loader = accelerator.prepare_data_loader(
             DataLoader(order, batch_size=config.micro_batch_size, shuffle=False,
-                       collate_fn=lambda f: pad_collate(f, pad_id)))
+                       collate_fn=lambda f: pad_collate(f, pad_id),
+                       pin_memory=pin_memory_default(accelerator.device)))
         epoch_losses = []
         for window in progress_bar(_windows(loader, config.grad_accum), f"epoch {epoch + 1}/{config.epochs}",
                                    enabled=accelerator.is_main_process):

@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 import transformers
 
 from kdhelpers.distributed import (
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=8.0)
     p.add_argument("--aug-copies", type=int)
+    p.add_argument("--max-rows", type=int, help="train on a seeded random subset of the transfer set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true", help="force the CPU (gloo) even where GPUs exist")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
@@ -89,7 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     transfer, labels = transfer_set(splits, pick["aug_copies"], tokenizer.mask_token_id, seed=args.seed)
     cached = shared_teacher_logits(accelerator, teacher, transfer.ids, transfer.input_ids, cache_dir(),
                                    name="transfer")
-    examples = TextExamples(transfer.input_ids, labels, cached.logits)
+    rows = list(range(len(transfer)))
+    if args.max_rows is not None and args.max_rows < len(rows):
+        if args.max_rows < 1:
+            raise SystemExit(f"--max-rows must be >= 1 (got {args.max_rows})")
+        rows = sorted(torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed))[: args.max_rows].tolist())
+    examples = TextExamples([transfer.input_ids[i] for i in rows], labels[rows], cached.logits[rows])
 
     emb, _ = project_teacher_embeddings(teacher, 64)
     student = make_student(args.student, tokenizer.vocab_size, emb, seed=args.seed)
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
             "device": str(accelerator.device),
             "teacher_logits_from_cache_per_rank": from_cache,
             "transfer_size": len(transfer),
+            "rows_trained_on": len(examples),
             "test_accuracy": split_accuracy(model, splits["test"], accelerator.device),
             "step_loss": history["step_loss"],
             "epoch_loss": history["epoch_loss"],
