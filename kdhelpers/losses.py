@@ -143,3 +143,145 @@ def distillation_loss(
         flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
     ce = F.cross_entropy(flat_logits, flat_labels)
     return alpha * ce + (1.0 - alpha) * kd
+
+
+# ---------------------------------------------------------------- intermediate-layer (feature) losses
+
+def _check_states(name: str, states: object, rank: int, what: str) -> torch.Tensor:
+    """Validate a float tensor of the given rank: non-empty batch and finite values."""
+    if not isinstance(states, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (got {type(states).__name__})")
+    if not states.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (got dtype {states.dtype})")
+    if states.dim() != rank:
+        raise ValueError(f"{name} must have shape {what} (got shape {tuple(states.shape)})")
+    if states.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(states.shape)})")
+    if not torch.isfinite(states).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return states
+
+
+def _project(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, projection: object) -> torch.Tensor:
+    """Check both hidden-state tensors, map the student's through `projection`, return it in float32."""
+    _check_states("student_hidden", student_hidden, 3, "(batch, seq, width)")
+    _check_states("teacher_hidden", teacher_hidden, 3, "(batch, seq, width)")
+    if tuple(student_hidden.shape[:2]) != tuple(teacher_hidden.shape[:2]):
+        raise ValueError(
+            "student_hidden and teacher_hidden must share (batch, seq) "
+            f"(got {tuple(student_hidden.shape[:2])} vs {tuple(teacher_hidden.shape[:2])}): "
+            "both models must read the same tokens"
+        )
+    if projection is None:
+        mapped = student_hidden.float()
+    else:
+        if not callable(projection):
+            raise TypeError(f"projection must be callable, e.g. an nn.Linear (got {type(projection).__name__})")
+        params = list(projection.parameters()) if isinstance(projection, torch.nn.Module) else []
+        dtype = params[0].dtype if params else torch.float32
+        mapped = projection(student_hidden.to(dtype))
+        if not isinstance(mapped, torch.Tensor):
+            raise TypeError(f"projection must return a tensor (got {type(mapped).__name__})")
+        mapped = mapped.float()
+    if tuple(mapped.shape) != tuple(teacher_hidden.shape):
+        hint = "" if projection is not None else ": pass projection=nn.Linear(student_width, teacher_width)"
+        raise ValueError(
+            f"the (projected) student states have shape {tuple(mapped.shape)} but teacher_hidden has "
+            f"{tuple(teacher_hidden.shape)}{hint}"
+        )
+    return mapped
+
+
+def hidden_mse_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    projection: object = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FitNets hint: mean squared error between projection(student states) and teacher states, over unmasked tokens.
+
+    Shapes (batch, seq, width); `projection` (e.g. nn.Linear(student_width, teacher_width)) maps the
+    student's width to the teacher's; the mean runs over unmasked tokens and all teacher dimensions.
+    """
+    mapped = _project(student_hidden, teacher_hidden, projection)
+    mask = _check_mask(mask, mapped)
+    sq = (mapped - teacher_hidden.detach().float()) ** 2
+    if mask is not None:
+        sq = sq[mask]
+    return sq.mean()
+
+
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    projection: object = None,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """1 - cosine similarity between each (projected) student token state and the teacher's, averaged over unmasked tokens."""
+    mapped = _project(student_hidden, teacher_hidden, projection)
+    mask = _check_mask(mask, mapped)
+    target = teacher_hidden.detach().float()
+    dot = (mapped * target).sum(-1)
+    norms = (mapped.norm(dim=-1) * target.norm(dim=-1)).clamp(min=eps)
+    per_token = 1.0 - dot / norms
+    if mask is not None:
+        per_token = per_token[mask]
+    return per_token.mean()
+
+
+ATTENTION_KINDS = ("kl", "mse")
+
+
+def attention_transfer_loss(
+    student_attn: torch.Tensor,
+    teacher_attn: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "kl",
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Attention-map transfer: KL(teacher row || student row) (MiniLM) or MSE (TinyBERT-style, on probabilities).
+
+    Maps have shape (batch, heads, seq, seq) and hold attention probabilities (each query row sums to 1).
+    When the head counts differ, both maps are averaged over heads first. Padded tokens (mask == 0)
+    are dropped as queries and as keys. 'kl' sums over keys and averages over heads and unmasked
+    query rows; 'mse' averages the squared differences over heads and unmasked (query, key) pairs.
+    """
+    if not isinstance(kind, str) or kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind must be one of {ATTENTION_KINDS} (got {kind!r})")
+    what = "(batch, heads, seq, seq)"
+    _check_states("student_attn", student_attn, 4, what)
+    _check_states("teacher_attn", teacher_attn, 4, what)
+    for name, a in (("student_attn", student_attn), ("teacher_attn", teacher_attn)):
+        if a.shape[-1] != a.shape[-2]:
+            raise ValueError(f"{name} must be square in its last two dimensions {what} (got {tuple(a.shape)})")
+        if float(a.detach().min()) < 0.0 or float(a.detach().max()) > 1.0 + 1e-4:
+            raise ValueError(f"{name} must hold attention probabilities in [0, 1] (got values in "
+                             f"[{float(a.detach().min()):.3g}, {float(a.detach().max()):.3g}]): pass softmax outputs, not scores")
+    if student_attn.shape[0] != teacher_attn.shape[0] or student_attn.shape[-1] != teacher_attn.shape[-1]:
+        raise ValueError(
+            "student_attn and teacher_attn must share batch and seq "
+            f"(got {tuple(student_attn.shape)} vs {tuple(teacher_attn.shape)})"
+        )
+    s, t = student_attn.float(), teacher_attn.detach().float()
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor (got {type(mask).__name__})")
+        if tuple(mask.shape) != (s.shape[0], s.shape[-1]):
+            raise ValueError(f"mask must have shape {(s.shape[0], s.shape[-1])} (batch, seq) (got {tuple(mask.shape)})")
+        mask = mask.to(device=s.device).bool()
+        if not mask.any():
+            raise ValueError("mask selects no position: at least one entry must be true")
+    else:
+        mask = torch.ones(s.shape[0], s.shape[-1], dtype=torch.bool, device=s.device)
+    keys = mask[:, None, None, :].to(s.dtype)  # padded keys contribute nothing
+    rows = mask[:, None, :].expand(s.shape[0], s.shape[1], s.shape[2])  # (batch, heads, query)
+    if kind == "kl":
+        per_pair = torch.xlogy(t, t) - t * torch.log(s.clamp(min=eps))
+        per_row = (per_pair * keys).sum(-1)
+        return per_row[rows].mean()
+    sq = ((s - t) ** 2 * keys).sum(-1)[rows]
+    n_pairs = s.shape[1] * (mask.sum(-1).float() ** 2).sum()  # heads x unmasked (query, key) pairs
+    return sq.sum() / n_pairs
