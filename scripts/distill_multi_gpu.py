@@ -32,6 +32,7 @@ from kdhelpers.models import load_teacher, project_teacher_embeddings, without_d
 from kdhelpers.paths import cache_dir
 from kdhelpers.profiles import choose
 from kdhelpers.recipes import (
+    TextSplit,
     course_data,
     course_settings,
     load_or_train_teacher,
@@ -75,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the distillation and return (and optionally save) its summary."""
     args = parse_args(argv)
+    if args.max_rows is not None and args.max_rows < 1:
+        raise SystemExit(f"--max-rows must be >= 1 (got {args.max_rows})")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
@@ -89,14 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
     teacher.eval()
 
     transfer, labels = transfer_set(splits, pick["aug_copies"], tokenizer.mask_token_id, seed=args.seed)
+    if args.max_rows is not None and args.max_rows < len(transfer):  # label only the rows we train on
+        rows = sorted(torch.randperm(len(transfer), generator=torch.Generator().manual_seed(args.seed))[: args.max_rows].tolist())
+        transfer = TextSplit([transfer.ids[i] for i in rows], [transfer.texts[i] for i in rows],
+                             [transfer.input_ids[i] for i in rows], transfer.gold[rows])
+        labels = labels[rows]
     cached = shared_teacher_logits(accelerator, teacher, transfer.ids, transfer.input_ids, cache_dir(),
                                    name="transfer")
-    rows = list(range(len(transfer)))
-    if args.max_rows is not None and args.max_rows < len(rows):
-        if args.max_rows < 1:
-            raise SystemExit(f"--max-rows must be >= 1 (got {args.max_rows})")
-        rows = sorted(torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed))[: args.max_rows].tolist())
-    examples = TextExamples([transfer.input_ids[i] for i in rows], labels[rows], cached.logits[rows])
+    examples = TextExamples(transfer.input_ids, labels, cached.logits)
 
     emb, _ = project_teacher_embeddings(teacher, 64)
     student = make_student(args.student, tokenizer.vocab_size, emb, seed=args.seed)
@@ -118,7 +121,6 @@ def main(argv: list[str] | None = None) -> dict:
             "mixed_precision": accelerator.mixed_precision,
             "device": str(accelerator.device),
             "teacher_logits_from_cache_per_rank": from_cache,
-            "transfer_size": len(transfer),
             "rows_trained_on": len(examples),
             "test_accuracy": split_accuracy(model, splits["test"], accelerator.device),
             "step_loss": history["step_loss"],
