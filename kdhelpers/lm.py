@@ -79,17 +79,17 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
                   teacher=dict(n_layer=1, n_embd=48, n_head=2), student=dict(n_layer=1, n_embd=32, n_head=2),
                   tiny=dict(n_layer=1, n_embd=16, n_head=2), teacher_steps=60, teacher_batch=32,
                   student_steps=40, batch_size=16, eval_every=20, lr=3e-3, alpha=0.0, T=1.0, generated=150,
-                  speed_tokens=16, speed_repeats=2),
+                  speed_tokens=16, speed_rounds=3),
     "standard": dict(teacher_snippets=None, student_snippets=250, val_snippets=600, test_snippets=1000, max_len=128,
                      teacher=dict(n_layer=2, n_embd=128, n_head=4), student=dict(n_layer=2, n_embd=64, n_head=2),
                      tiny=dict(n_layer=1, n_embd=32, n_head=2), teacher_steps=500, teacher_batch=32,
                      student_steps=600, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0, generated=1000,
-                     speed_tokens=64, speed_repeats=5),
+                     speed_tokens=64, speed_rounds=7),
     "full": dict(teacher_snippets=None, student_snippets=250, val_snippets=None, test_snippets=None, max_len=128,
                  teacher=dict(n_layer=4, n_embd=256, n_head=4), student=dict(n_layer=2, n_embd=64, n_head=2),
                  tiny=dict(n_layer=1, n_embd=32, n_head=2), teacher_steps=3000, teacher_batch=64,
                  student_steps=1000, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0, generated=4000,
-                 speed_tokens=64, speed_repeats=5),
+                 speed_tokens=64, speed_rounds=7),
 }
 
 
@@ -624,6 +624,56 @@ def sample(
     return out
 
 
+def _timed_sample(model: nn.Module, new_tokens: int, batch_size: int, seed: int, device: torch.device) -> float:
+    """Seconds to sample `new_tokens` tokens for `batch_size` sequences (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    sample(model, batch_size, new_tokens, batch_size=batch_size, stop_at_eos=False, seed=seed, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def generation_speeds(
+    models: Mapping[str, nn.Module],
+    new_tokens: int = 64,
+    batch_size: int = 1,
+    rounds: int = 5,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Median tokens per second of each model, timed interleaved (one untimed warm-up each, then `rounds` round-robin passes).
+
+    Interleaving spreads any slow period of the machine over all models instead of penalising the
+    one that happened to run during it; every other round runs the models in reverse order.
+    Returns {name: {"tokens_per_s", "ms_per_token", "batch_size", "seconds"}} in the order of `models`.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a dict of name -> model (got {type(models).__name__})")
+    if not models:
+        raise ValueError("models is empty")
+    bad = [name for name, m in models.items() if not isinstance(m, nn.Module)]
+    if bad:
+        raise TypeError(f"models[{bad[0]!r}] is not a torch.nn.Module")
+    _check_int("new_tokens", new_tokens, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("rounds", rounds, 1)
+    device = get_device() if device is None else torch.device(device)
+    names = list(models)
+    for name in names:  # warm-up: first-call allocations, caches
+        _timed_sample(models[name], new_tokens, batch_size, 0, device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(_timed_sample(models[name], new_tokens, batch_size, r + 1, device))
+    out = {}
+    for name in names:
+        median = statistics.median(times[name])
+        out[name] = {"tokens_per_s": batch_size * new_tokens / median, "ms_per_token": median / new_tokens * 1e3,
+                     "batch_size": batch_size, "seconds": times[name]}
+    return out
+
+
 def generation_speed(
     model: nn.Module,
     new_tokens: int = 64,
@@ -632,18 +682,5 @@ def generation_speed(
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Median tokens per second when sampling `new_tokens` tokens for `batch_size` sequences (one untimed warm-up)."""
-    _check_int("repeats", repeats, 1)
-    device = get_device() if device is None else torch.device(device)
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        sample(model, batch_size, new_tokens, batch_size=batch_size, stop_at_eos=False, seed=i, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"tokens_per_s": batch_size * new_tokens / median, "ms_per_token": median / new_tokens * 1e3,
-            "batch_size": batch_size}
+    res = generation_speeds({"model": model}, new_tokens, batch_size, rounds=repeats, device=device)["model"]
+    return {k: res[k] for k in ("tokens_per_s", "ms_per_token", "batch_size")}

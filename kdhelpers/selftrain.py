@@ -25,6 +25,17 @@ def _check_probability(name: str, p: object) -> float:
     return float(p)
 
 
+def _check_special_ids(special_ids: object) -> frozenset[int]:
+    """Validate the token ids that token dropping must keep (e.g. a tokenizer's `all_special_ids`)."""
+    if isinstance(special_ids, (str, bytes, torch.Tensor)) or not isinstance(special_ids, Sequence):
+        raise TypeError(
+            f"special_ids must be a sequence of ints such as tokenizer.all_special_ids (got {special_ids!r})"
+        )
+    if any(isinstance(t, bool) or not isinstance(t, int) for t in special_ids):
+        raise TypeError(f"special_ids must hold ints (got {list(special_ids)!r})")
+    return frozenset(special_ids)
+
+
 def _check_copies(n_copies: object) -> int:
     """Validate a non-negative int number of copies."""
     if isinstance(n_copies, bool) or not isinstance(n_copies, int) or n_copies < 0:
@@ -49,21 +60,23 @@ def drop_tokens(
     input_ids: Sequence[Sequence[int]],
     p_drop: float = 0.1,
     n_copies: int = 1,
-    special_ids: Sequence[int] = (101, 102),
+    *,
+    special_ids: Sequence[int],
     seed: int = 0,
 ) -> list[list[int]]:
     """`n_copies` variants per example with each ordinary token deleted with probability `p_drop`.
 
-    Special tokens (such as [CLS] and [SEP]) are never deleted, and every variant keeps at least
-    one ordinary token when its source has one. Variants come example by example (all copies of
-    the first example, then of the second, ...), seeded by `seed`.
+    Tokens in `special_ids` are never deleted: pass the tokenizer's own ids (`tokenizer.all_special_ids`,
+    which covers [CLS], [SEP] and the padding id); there is no default, since ids differ between tokenizers.
+    Every variant keeps at least one ordinary token when its source has one. Variants come example by
+    example (all copies of the first example, then of the second, ...), seeded by `seed`.
     """
     if isinstance(input_ids, (str, torch.Tensor)) or not isinstance(input_ids, Sequence):
         raise TypeError("input_ids must be a sequence of token-id lists")
     p_drop = _check_probability("p_drop", p_drop)
     n_copies = _check_copies(n_copies)
+    special = _check_special_ids(special_ids)
     rng = random.Random(seed)
-    special = set(special_ids)
     out: list[list[int]] = []
     for ids in input_ids:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
@@ -100,11 +113,12 @@ def noisy_student_set(
     n_copies: int = 2,
     p_drop: float = 0.1,
     keep_clean: bool = True,
-    special_ids: Sequence[int] = (101, 102),
+    *,
+    special_ids: Sequence[int],
     seed: int = 0,
 ) -> TextExamples:
     """Unlabelled training rows for a noisy student: the clean texts (if `keep_clean`), then token-dropped
-    copies, each copy paired with the teacher's logits on its clean source text."""
+    copies (never dropping `special_ids`), each copy paired with the teacher's logits on its clean source text."""
     if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2:
         raise ValueError("teacher_logits must be a 2-D tensor (examples, classes)")
     if len(teacher_logits) != len(input_ids):
@@ -112,7 +126,7 @@ def noisy_student_set(
     n_copies = _check_copies(n_copies)
     if not keep_clean and n_copies == 0:
         raise ValueError("no rows: keep_clean=False needs n_copies >= 1")
-    noisy = drop_tokens(input_ids, p_drop, n_copies, special_ids, seed)
+    noisy = drop_tokens(input_ids, p_drop, n_copies, special_ids=special_ids, seed=seed)
     ids = ([list(x) for x in input_ids] if keep_clean else []) + noisy
     logits = teacher_logits.detach().float().cpu()
     parts = ([logits] if keep_clean else []) + [logits.repeat_interleave(n_copies, dim=0)]
@@ -132,17 +146,20 @@ def noisy_student_round(
     lr: float = 1e-3,
     seed: int = 0,
     desc: str = "noisy student",
+    *,
+    special_ids: Sequence[int],
     **train_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh student (from `new_student()`) on the pool's soft targets with token dropping and dropout.
 
     `teacher_logits` are the current teacher's clean logits on `pool` (see clean_logits); `pool`'s gold
-    labels are never used. Early stopping runs on `validation` (a labelled split of another domain, or
-    any split whose labels may be used for selection). Returns the trained student and its history.
+    labels are never used; `special_ids` (e.g. `tokenizer.all_special_ids`) are never dropped. Early
+    stopping runs on `validation` (a labelled split of another domain, or any split whose labels may be
+    used for selection). Returns the trained student and its history.
     """
     if not isinstance(pool, TextSplit) or not isinstance(validation, TextSplit):
         raise TypeError("pool and validation must be TextSplit objects (kdhelpers.recipes.tokenize_splits)")
-    data = noisy_student_set(pool.input_ids, teacher_logits, n_copies, p_drop, seed=seed)
+    data = noisy_student_set(pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=seed)
     student = new_student()
     if not isinstance(student, nn.Module):
         raise TypeError(f"new_student() must return a torch.nn.Module (got {type(student).__name__})")

@@ -266,6 +266,37 @@ def test_sample_is_seeded_and_well_formed(tok):
         lm.sample(model, 0, 3, device="cpu")
 
 
+def test_generation_speeds_interleaved(tok, monkeypatch):
+    a, b = tiny(tok.vocab_size, seed=2), tiny(tok.vocab_size, seed=3)
+    calls = []
+    real = lm.sample
+
+    def recording_sample(model, n, max_new_tokens, **kw):
+        calls.append(("a" if model is a else "b", n, max_new_tokens, kw["seed"]))
+        return real(model, n, max_new_tokens, **kw)
+
+    monkeypatch.setattr(lm, "sample", recording_sample)
+    res = lm.generation_speeds({"a": a, "b": b}, new_tokens=3, batch_size=2, rounds=3, device="cpu")
+    assert list(res) == ["a", "b"]
+    # one warm-up each, then round-robin, every other round reversed
+    assert [c[0] for c in calls] == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert all(c[1:3] == (2, 3) for c in calls)
+    for r in res.values():
+        assert len(r["seconds"]) == 3 and r["batch_size"] == 2
+        assert math.isclose(r["tokens_per_s"], 2 * 3 / sorted(r["seconds"])[1], rel_tol=1e-9)
+        assert math.isclose(r["ms_per_token"], sorted(r["seconds"])[1] / 3 * 1e3, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="empty"):
+        lm.generation_speeds({}, device="cpu")
+    with pytest.raises(TypeError, match="dict"):
+        lm.generation_speeds([a, b], device="cpu")
+    with pytest.raises(TypeError, match="'b'"):
+        lm.generation_speeds({"a": a, "b": "model"}, device="cpu")
+    with pytest.raises(ValueError, match="rounds"):
+        lm.generation_speeds({"a": a}, rounds=0, device="cpu")
+    with pytest.raises(TypeError, match="new_tokens"):
+        lm.generation_speeds({"a": a}, new_tokens=2.5, device="cpu")
+
+
 def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
     seqs = tok.encode_batch(TEXTS)
     name = "lm-" + lm.lm_fingerprint({"steps": 3}, seqs)

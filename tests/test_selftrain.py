@@ -16,41 +16,64 @@ from kdhelpers.selftrain import (
 
 def test_drop_tokens_exact_seeded_values():
     ids = [[101, 5, 6, 7, 8, 9, 102], [101, 4, 102]]
-    out = drop_tokens(ids, p_drop=0.5, n_copies=2, seed=0)
+    out = drop_tokens(ids, p_drop=0.5, n_copies=2, special_ids=(101, 102), seed=0)
     # random.Random(0) draws 0.844, 0.758, 0.421, 0.259, 0.511 | 0.405, 0.784, 0.303, 0.477, 0.583 | 0.908 | 0.505
     assert out == [[101, 5, 6, 9, 102], [101, 6, 9, 102], [101, 4, 102], [101, 4, 102]]
-    assert out == drop_tokens(ids, p_drop=0.5, n_copies=2, seed=0)
-    assert out != drop_tokens(ids, p_drop=0.5, n_copies=2, seed=1)
+    assert out == drop_tokens(ids, p_drop=0.5, n_copies=2, special_ids=[102, 101], seed=0)
+    assert out != drop_tokens(ids, p_drop=0.5, n_copies=2, special_ids=(101, 102), seed=1)
+    # the same draws, but with 6 declared special: it stays, and the draws move on to the next tokens
+    assert drop_tokens(ids, p_drop=0.5, n_copies=1, special_ids=(101, 102, 6), seed=0)[0] == [101, 5, 6, 7, 102]
+
+
+def test_drop_tokens_keeps_the_special_ids_it_is_given_padding_included():
+    bert_special = [100, 102, 0, 101, 103]  # what bert-base-uncased's tokenizer.all_special_ids holds
+    padded = [[101, 5, 6, 7, 8, 9, 102, 0, 0, 0], [101, 4, 103, 102, 0]]
+    out = drop_tokens(padded, p_drop=0.9, n_copies=10, special_ids=bert_special, seed=0)
+    for v in out[:10]:
+        assert v[0] == 101 and v[-4:] == [102, 0, 0, 0] and 6 <= len(v) <= 10
+    assert out[10:] == [[101, 4, 103, 102, 0]] * 10  # [MASK] and padding kept; 4 is the only ordinary token
+    # undeclared, the padding id is an ordinary token and can be dropped: the argument is what protects it
+    assert any(v.count(0) < 3 for v in drop_tokens(padded[:1], 0.9, 10, special_ids=(101, 102), seed=0))
 
 
 def test_drop_tokens_invariants():
     ids = [[101] + list(range(1000, 1200)) + [102], [101, 102], [7]]
-    assert drop_tokens(ids, p_drop=0.0, n_copies=3) == [x for x in ids for _ in range(3)]
-    assert drop_tokens(ids, p_drop=0.3, n_copies=0) == []
-    out = drop_tokens(ids, p_drop=0.3, n_copies=4, seed=3)
+    sp = (101, 102)
+    assert drop_tokens(ids, p_drop=0.0, n_copies=3, special_ids=sp) == [x for x in ids for _ in range(3)]
+    assert drop_tokens(ids, p_drop=0.3, n_copies=0, special_ids=sp) == []
+    out = drop_tokens(ids, p_drop=0.3, n_copies=4, special_ids=sp, seed=3)
     assert len(out) == 12
     long_rate = [1 - (len(v) - 2) / 200 for v in out[:4]]
     assert all(0.2 < r < 0.4 for r in long_rate)
     for v in out[:4]:  # an ordered subsequence with the special tokens in place
         assert v[0] == 101 and v[-1] == 102 and v[1:-1] == sorted(v[1:-1])
     assert out[4:8] == [[101, 102]] * 4  # nothing to drop
-    almost_all = drop_tokens([[101, 5, 6, 102]], p_drop=0.999, n_copies=20, seed=0)
+    almost_all = drop_tokens([[101, 5, 6, 102]], p_drop=0.999, n_copies=20, special_ids=sp, seed=0)
     assert all(len(v) == 3 and v[0] == 101 and v[-1] == 102 and v[1] in (5, 6) for v in almost_all)
 
 
 def test_drop_tokens_bad_input():
+    sp = (101, 102)
     with pytest.raises(ValueError, match="p_drop"):
-        drop_tokens([[1, 2]], p_drop=1.0)
+        drop_tokens([[1, 2]], p_drop=1.0, special_ids=sp)
     with pytest.raises(ValueError, match="p_drop"):
-        drop_tokens([[1, 2]], p_drop=-0.1)
+        drop_tokens([[1, 2]], p_drop=-0.1, special_ids=sp)
     with pytest.raises(ValueError, match="n_copies"):
-        drop_tokens([[1, 2]], n_copies=-1)
+        drop_tokens([[1, 2]], n_copies=-1, special_ids=sp)
     with pytest.raises(ValueError, match="n_copies"):
-        drop_tokens([[1, 2]], n_copies=1.5)
+        drop_tokens([[1, 2]], n_copies=1.5, special_ids=sp)
     with pytest.raises(TypeError, match="sequence of token-id lists"):
-        drop_tokens("101 5 102")
+        drop_tokens("101 5 102", special_ids=sp)
     with pytest.raises(TypeError, match="list of token ids"):
-        drop_tokens(["101 5 102"])
+        drop_tokens(["101 5 102"], special_ids=sp)
+    with pytest.raises(TypeError, match="special_ids"):
+        drop_tokens([[1, 2]])  # no default: the ids depend on the tokenizer
+    with pytest.raises(TypeError, match="special_ids must be a sequence"):
+        drop_tokens([[1, 2]], special_ids="101 102")
+    with pytest.raises(TypeError, match="special_ids must be a sequence"):
+        drop_tokens([[1, 2]], special_ids=torch.tensor([101, 102]))
+    with pytest.raises(TypeError, match="special_ids must hold ints"):
+        drop_tokens([[1, 2]], special_ids=[101, 102.0])
 
 
 def tiny_model(seed=0, dropout=0.5):
@@ -89,27 +112,33 @@ def test_clean_logits_are_eval_mode_and_restore_training():
 def test_noisy_student_set_pairs_each_copy_with_its_clean_logits():
     ids = [[101, 5, 6, 7, 102], [101, 8, 9, 102], [101, 4, 102]]
     logits = torch.tensor([[1.0, -1.0], [0.0, 2.0], [3.0, 0.5]])
-    data = noisy_student_set(ids, logits, n_copies=2, p_drop=0.5, seed=0)
+    sp = (101, 102)
+    data = noisy_student_set(ids, logits, n_copies=2, p_drop=0.5, special_ids=sp, seed=0)
     assert len(data) == 3 + 6
     assert data.input_ids[:3] == ids
-    assert data.input_ids[3:] == drop_tokens(ids, 0.5, 2, seed=0)
+    assert data.input_ids[3:] == drop_tokens(ids, 0.5, 2, special_ids=sp, seed=0)
     torch.testing.assert_close(data.teacher_logits, logits[[0, 1, 2, 0, 0, 1, 1, 2, 2]])
     assert (data.labels == -1).all(), "the target domain's labels must never reach training"
-    only_noisy = noisy_student_set(ids, logits, n_copies=1, keep_clean=False)
+    only_noisy = noisy_student_set(ids, logits, n_copies=1, keep_clean=False, special_ids=sp)
     assert len(only_noisy) == 3
     with pytest.raises(ValueError, match="rows"):
-        noisy_student_set(ids, logits[:2])
+        noisy_student_set(ids, logits[:2], special_ids=sp)
     with pytest.raises(ValueError, match="2-D"):
-        noisy_student_set(ids, logits[:, 0])
+        noisy_student_set(ids, logits[:, 0], special_ids=sp)
     with pytest.raises(ValueError, match="no rows"):
-        noisy_student_set(ids, logits, n_copies=0, keep_clean=False)
+        noisy_student_set(ids, logits, n_copies=0, keep_clean=False, special_ids=sp)
+    with pytest.raises(TypeError, match="special_ids"):
+        noisy_student_set(ids, logits)
+    # the special ids reach the copies: with 5 declared special, every copy of the first text keeps it
+    kept = noisy_student_set(ids, logits, n_copies=8, p_drop=0.9, special_ids=(101, 102, 5), seed=0)
+    assert all(v[:2] == [101, 5] for v in kept.input_ids[3:11])
 
 
 def test_noisy_student_round_is_seeded_learns_the_teacher_and_ignores_pool_labels():
     pool, val = tiny_split(64, seed=1), tiny_split(32, seed=2)
     share_low = torch.tensor([sum(t < 20 for t in x[1:-1]) / (len(x) - 2) for x in pool.input_ids])
     logits = torch.stack([torch.zeros(64), 6 * (share_low - 0.5)], 1)  # a teacher that follows the labelling rule
-    kwargs = dict(temperature=2.0, n_copies=2, p_drop=0.2, epochs=8, lr=2e-2, seed=0)
+    kwargs = dict(temperature=2.0, n_copies=2, p_drop=0.2, epochs=8, lr=2e-2, seed=0, special_ids=(1, 2))
 
     def new():
         return make_student("bag", 40, seed=0, embed_dim=8, hidden=16)
@@ -134,11 +163,13 @@ def test_noisy_student_round_bad_input():
     pool, val = tiny_split(8), tiny_split(8, seed=1)
     logits = torch.zeros(8, 2)
     with pytest.raises(TypeError, match="TextSplit"):
-        noisy_student_round(logits, pool.input_ids, tiny_model, val, "cpu")
+        noisy_student_round(logits, pool.input_ids, tiny_model, val, "cpu", special_ids=(1, 2))
     with pytest.raises(TypeError, match="nn.Module"):
-        noisy_student_round(logits, pool, lambda: None, val, "cpu")
+        noisy_student_round(logits, pool, lambda: None, val, "cpu", special_ids=(1, 2))
     with pytest.raises(ValueError, match="rows"):
-        noisy_student_round(logits[:3], pool, tiny_model, val, "cpu")
+        noisy_student_round(logits[:3], pool, tiny_model, val, "cpu", special_ids=(1, 2))
+    with pytest.raises(TypeError, match="special_ids"):
+        noisy_student_round(logits, pool, tiny_model, val, "cpu")
 
 
 def test_unlabelled_pool_hides_every_label_and_keeps_order():
