@@ -139,3 +139,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float
         raise ValueError(f"grid must hold temperatures > 0 (got {grid!r})")
     losses = [float(torch.nn.functional.cross_entropy(logits.float() / t, labels)) for t in grid]
     return grid[min(range(len(grid)), key=losses.__getitem__)]
+
+
+def load_results(notebook: str, profile: str | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """A chapter's saved results record; {} when it is missing or, with `profile`, was run with another profile."""
+    if not isinstance(notebook, str) or not notebook or any(c in notebook for c in "/\\"):
+        raise ValueError(f"notebook must be a plain name such as '05_distillation' (got {notebook!r})")
+    path = (results_dir() if folder is None else Path(folder)) / f"{notebook}.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    if profile is not None and record.get("profile") != profile:
+        return {}
+    return record
+

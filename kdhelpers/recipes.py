@@ -173,6 +173,16 @@ def transfer_set(splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int,
     return transfer, labels
 
 
+def chosen_alpha_temperature(profile: str, default: tuple[float, float] = (0.1, 4.0)) -> tuple[float, float, bool]:
+    """alpha and T that chapter 05's sweep chose for `profile` (from its results file), else `default`; and which."""
+    from kdhelpers.metrics import load_results
+
+    record = load_results("05_distillation", profile)
+    if record:
+        return float(record["metrics"]["alpha"]), float(record["metrics"]["temperature"]), True
+    return float(default[0]), float(default[1]), False
+
+
 STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
 
 

@@ -142,3 +142,20 @@ def test_positive_rater_share():
 
     share = positive_rater_share([[1, 2, -1, 0], [0, 0], [-3, -1]])
     assert share.tolist() == [2 / 3, 0.5, 0.0]
+
+
+def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
+    from kdhelpers.metrics import load_results, save_results
+    from kdhelpers.recipes import chosen_alpha_temperature
+
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
+    assert load_results("05_distillation") == {}
+    assert chosen_alpha_temperature("standard") == (0.1, 4.0, False)
+    save_results("05_distillation", {"alpha": 0.0, "temperature": 8.0}, "standard")
+    assert load_results("05_distillation")["metrics"] == {"alpha": 0.0, "temperature": 8.0}
+    assert load_results("05_distillation", "standard")["profile"] == "standard"
+    assert load_results("05_distillation", "quick") == {}  # another profile's numbers are not used
+    assert chosen_alpha_temperature("standard") == (0.0, 8.0, True)
+    assert chosen_alpha_temperature("quick", default=(0.5, 2.0)) == (0.5, 2.0, False)
+    with pytest.raises(ValueError, match="plain name"):
+        load_results("../secrets")
