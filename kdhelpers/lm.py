@@ -561,6 +561,32 @@ def course_teacher(
     return model.to(get_device() if device is None else torch.device(device)), {"checkpoint": name, **record}
 
 
+def course_student(
+    vocab_size: int,
+    train_seqs: Sequence[Sequence[int]],
+    val_seqs: Sequence[Sequence[int]],
+    settings: Mapping[str, Any],
+    *,
+    sizes: Mapping[str, int] | None = None,
+    teacher_logits: Sequence[torch.Tensor] | None = None,
+    alpha: float = 1.0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    desc: str = "student",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh chapter-10 student (`settings["student"]` sizes unless `sizes`), trained on text or by KD; (model, history)."""
+    keys = ("student", "max_len", "student_steps", "batch_size", "lr", "eval_every")
+    missing = [k for k in keys if k not in settings]
+    if missing:
+        raise ValueError(f"settings lack {missing} (see kdhelpers.lm.PROFILE_SETTINGS)")
+    model = make_lm(vocab_size, n_positions=settings["max_len"], seed=seed, **(sizes or settings["student"]))
+    history = train_lm(model, train_seqs, steps=settings["student_steps"], batch_size=settings["batch_size"],
+                       lr=settings["lr"], teacher_logits=teacher_logits, alpha=alpha, temperature=temperature,
+                       val_seqs=val_seqs, eval_every=settings["eval_every"], seed=seed, device=device, desc=desc)
+    return model, history
+
+
 # ---------------------------------------------------------------- generation
 
 

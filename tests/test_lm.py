@@ -310,3 +310,17 @@ def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
     assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="plain file stem"):
         lm.load_or_train_lm(second, "a/b", lambda m: {}, folder=tmp_path)
+
+
+def test_course_student_is_train_lm_on_a_fresh_seeded_model(tok):
+    settings = {**lm.PROFILE_SETTINGS["quick"], "student_steps": 4, "eval_every": 2}
+    seqs = tok.encode_batch(["a cat sat", "the dog ran", "a bird flew", "cats and dogs"])
+    model, hist = lm.course_student(tok.vocab_size, seqs, seqs[:2], settings, seed=3, device="cpu")
+    ref = lm.make_lm(tok.vocab_size, n_positions=settings["max_len"], seed=3, **settings["student"])
+    ref_hist = lm.train_lm(ref, seqs, steps=4, batch_size=settings["batch_size"], lr=settings["lr"],
+                           val_seqs=seqs[:2], eval_every=2, seed=3, device="cpu")
+    assert hist["val_perplexity"] == ref_hist["val_perplexity"]
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="settings lack"):
+        lm.course_student(tok.vocab_size, seqs, seqs[:2], {"max_len": 64})
