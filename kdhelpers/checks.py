@@ -24,6 +24,12 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    required: bool = True  # False: the course works without it, so a failure is a note, not a FIX
+
+    @property
+    def status(self) -> str:
+        """'ok', 'FIX' (the course needs it) or 'note' (optional and unavailable)."""
+        return "ok" if self.ok else ("FIX" if self.required else "note")
 
 
 def hub_offline_reason(timeout_s: float = 2.0) -> str | None:
@@ -72,10 +78,8 @@ def _teacher_check() -> Check:
 
 def _data_check() -> Check:
     """Are the course's text corpora fetched and verified?"""
-    try:
-        from kdhelpers import data
-    except ImportError:
-        return Check("course data", False, "kdhelpers.data is not available", "update the course")
+    from kdhelpers import data  # imported here: kdhelpers.data imports this module
+
     try:
         ok = data.vader_is_fetched()
     except Exception as exc:  # a damaged folder is reported, not raised
@@ -107,10 +111,11 @@ def run_checks(device: torch.device | str | None = None, probe_hub: bool = True)
         checks.append(Check("results folder writable", False, str(exc), "set KD_RESULTS_DIR"))
     if probe_hub:
         reason = hub_offline_reason()
-        checks.append(Check("Hugging Face hub", reason is None, "reachable" if reason is None else
-                            f"offline: {reason}",
-                            "" if reason is None else "fine: the course uses the packaged teacher "
-                            "and the VADER corpora; hub models and data sets need a network"))
+        checks.append(Check("Hugging Face hub", reason is None,
+                            "reachable" if reason is None else f"offline: {reason}",
+                            "" if reason is None else "nothing: the course uses the packaged teacher "
+                            "and the VADER corpora; only hub models and data sets need a network",
+                            required=False))
     return checks
 
 
@@ -119,5 +124,5 @@ def checks_table(checks: list[Check]) -> str:
     lines = ["| check | status | detail | what to do |", "|---|---|---|---|"]
     for c in checks:
         fix = c.fix if (not c.ok or c.name == "device") else ""
-        lines.append(f"| {c.name} | {'ok' if c.ok else 'FIX'} | {c.detail} | {fix} |")
+        lines.append(f"| {c.name} | {c.status} | {c.detail} | {fix} |")
     return "\n".join(lines)

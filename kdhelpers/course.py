@@ -12,13 +12,14 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdhelpers.paths import notebooks_dir, project_root
+from kdhelpers.paths import committed_results_dir, notebooks_dir, project_root
 from kdhelpers.profiles import PROFILES
 
 
@@ -44,18 +45,29 @@ def _strip_progress(text: str) -> str:
     return "\n".join(kept) + ("\n" if kept else "")
 
 
-def clean_notebook(nb: dict[str, Any]) -> dict[str, Any]:
-    """Drop run-specific metadata (papermill paths and timings) and progress bars from executed copies."""
+def clean_notebook(nb: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
+    """Tidy an executed copy: no injected-parameters cell, no papermill metadata, no progress bars.
+
+    The profile of the run goes into the notebook metadata (`kd_course.profile`) instead of an
+    injected cell, so the committed notebook keeps the learner's own `PROFILE = "auto"`.
+    """
     meta = nb.setdefault("metadata", {})
     meta.pop("papermill", None)
     meta.pop("jupytext", None)
     meta.pop("widgets", None)
     meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    for cell in nb.get("cells", []):
+    if profile is not None:
+        meta["kd_course"] = {"profile": profile}
+    nb["cells"] = [c for c in nb.get("cells", [])
+                   if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    count = 0
+    for cell in nb["cells"]:
         meta = cell.get("metadata", {})
         meta.pop("papermill", None)
         meta.pop("execution", None)
         meta.pop("lines_to_next_cell", None)
+        if cell.get("cell_type") != "code":
+            continue
         outputs = []
         for out in cell.get("outputs", []):
             if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
@@ -66,8 +78,13 @@ def clean_notebook(nb: dict[str, Any]) -> dict[str, Any]:
                     continue
                 out["text"] = text
             outputs.append(out)
-        if cell.get("cell_type") == "code":
-            cell["outputs"] = outputs
+        cell["outputs"] = outputs
+        if cell.get("execution_count") is not None:
+            count += 1  # renumber: the dropped injected cell leaves no gap
+            cell["execution_count"] = count
+            for out in outputs:
+                if out.get("output_type") == "execute_result":
+                    out["execution_count"] = count
     return nb
 
 
@@ -90,34 +107,42 @@ def execute_notebook(
     path: Path,
     output: Path,
     profile: str,
-    results_dir: Path,
+    results_dir: Path | None = None,
     timeout_s: int | None = None,
     extra_parameters: dict[str, Any] | None = None,
 ) -> float:
-    """Execute one notebook with papermill (PROFILE injected); return the wall time in seconds."""
+    """Execute one notebook with papermill (PROFILE injected) into `output`; return the wall time in seconds.
+
+    `results_dir` is where the notebook's results JSON goes (default: the kernel's own
+    `kdhelpers.paths.results_dir()`, a git-ignored folder). The executed copy is cleaned even when
+    a cell fails, and the papermill error is raised again.
+    """
     import nbformat
     import papermill
 
     params = {"PROFILE": profile, **(extra_parameters or {})}
-    # no progress widgets in executed copies; results go where the caller says
-    env = {"KD_RESULTS_DIR": str(results_dir), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    env = {"TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}  # no widgets in executed copies
+    if results_dir is not None:
+        env["KD_RESULTS_DIR"] = str(results_dir)
     start = time.perf_counter()
-    with temporary_env(**env):
-        papermill.execute_notebook(
-            str(path),
-            str(output),
-            parameters=params,
-            cwd=str(path.parent),
-            kernel_name="python3",
-            language="python",
-            progress_bar=False,
-            log_output=False,
-            execution_timeout=timeout_s,
-        )
-    elapsed = time.perf_counter() - start
-    nb = nbformat.read(str(output), as_version=4)
-    nbformat.write(nbformat.from_dict(clean_notebook(nb)), str(output))
-    return elapsed
+    try:
+        with temporary_env(**env):
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=params,
+                cwd=str(path.parent),
+                kernel_name="python3",
+                language="python",
+                progress_bar=False,
+                log_output=False,
+                execution_timeout=timeout_s,
+            )
+    finally:
+        if Path(output).exists():
+            nb = nbformat.read(str(output), as_version=4)
+            nbformat.write(nbformat.from_dict(clean_notebook(nb, profile)), str(output))
+    return time.perf_counter() - start
 
 
 def summary_rows(results_dir: Path, with_run: bool = False) -> list[tuple[str, ...]]:
@@ -145,29 +170,56 @@ def run(
     out: Path | None = None,
     in_place: bool = False,
     timeout_s: int | None = None,
-) -> Path:
-    """Execute the course notebooks into a run folder (or in place) and print a summary table."""
+) -> int:
+    """Execute the course notebooks into a run folder (or in place), print a summary; return the exit status.
+
+    Every notebook runs even when an earlier one fails; a failed notebook is reported with the
+    path of its executed copy and never replaces the committed one. Results go to
+    `KD_RESULTS_DIR` when set, else to results/ with `in_place` and to the run folder otherwise.
+    """
     if profile not in PROFILES:
         raise ValueError(f"--profile must be one of {PROFILES} (got {profile!r})")
+    notebooks = list_notebooks(only=only)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out) if out else project_root() / "runs" / f"{stamp}-{profile}"
-    results = project_root() / "results" if in_place else out / "results"
+    if os.environ.get("KD_RESULTS_DIR"):
+        results = Path(os.environ["KD_RESULTS_DIR"]).expanduser()
+    else:
+        results = committed_results_dir() if in_place else out / "results"
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
-    timings = []
-    for nb in list_notebooks(only=only):
-        target = nb if in_place else out / nb.name
+    timings, failures = [], []
+    for nb in notebooks:
+        executed = out / nb.name
         print(f"running {nb.name} (profile={profile}) ...", flush=True)
-        seconds = execute_notebook(nb, target, profile, results, timeout_s)
-        timings.append((nb.stem, f"{seconds:.1f}"))
+        start = time.perf_counter()
+        try:
+            execute_notebook(nb, executed, profile, results, timeout_s)
+        except Exception as exc:  # report it, run the rest
+            seconds = time.perf_counter() - start
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            failures.append((nb.name, str(executed), reason[:200]))
+            timings.append((nb.stem, f"{seconds:.1f}", "FAILED"))
+            print(f"  FAILED after {seconds:.0f} s: {reason[:200]}\n  executed copy: {executed}",
+                  flush=True)
+            continue
+        timings.append((nb.stem, f"{time.perf_counter() - start:.1f}", "ok"))
+        if in_place:
+            shutil.copyfile(executed, nb)
     print("\nWall time per notebook (s):")
-    print(format_table(timings, ("notebook", "seconds")))
+    print(format_table(timings, ("notebook", "seconds", "status")))
     rows = summary_rows(results)
     if rows:
-        print("\nResults:")
+        print(f"\nResults ({results}):")
         print(format_table(rows, ("notebook", "metric", "value")))
-    print(f"\nexecuted notebooks: {out if not in_place else nb.parent}; results: {results}")
-    return out
+    where = notebooks[0].parent if in_place else out
+    print(f"\nexecuted notebooks: {where}; results: {results}")
+    if failures:
+        print(f"\n{len(failures)} of {len(notebooks)} notebooks failed:")
+        for name, path, reason in failures:
+            print(f"- {name}: {reason}\n  see {path}")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,19 +230,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--profile", default="standard", choices=PROFILES)
     p_run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02_the-loss")
     p_run.add_argument("--out", type=Path, help="run folder (default runs/<date>-<profile>)")
-    p_run.add_argument("--in-place", action="store_true", help="write outputs into notebooks/")
+    p_run.add_argument("--in-place", action="store_true",
+                       help="write outputs into notebooks/ and results into results/ (the committed run)")
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p_table = sub.add_parser("table", help="print the results table of the committed (or a given) run")
-    p_table.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    p_table.add_argument("--results", type=Path, default=None,
+                         help="results folder (default: the committed results/)")
     args = parser.parse_args(argv)
     if args.command == "table":
-        from kdhelpers.paths import results_dir
-
-        rows = summary_rows(args.results or results_dir(), with_run=True)
+        folder = args.results or committed_results_dir()
+        if not folder.is_dir():
+            parser.error(f"--results: no folder {folder}")
+        print(f"Results in {folder}:\n")
+        rows = summary_rows(folder, with_run=True)
         print(format_table(rows, ("notebook", "metric", "value", "profile", "date")))
         return 0
-    run(args.profile, args.only, args.out, args.in_place, args.timeout)
-    return 0
+    if args.only is not None:
+        available = sorted({p.stem.split("_")[0] for p in list_notebooks()})
+        try:
+            list_notebooks(only=args.only)
+        except ValueError:
+            p_run.error(f"--only {' '.join(args.only)} matches no notebook; available chapters: "
+                        f"{', '.join(available)} (or a longer prefix such as 05_distillation)")
+    return run(args.profile, args.only, args.out, args.in_place, args.timeout)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from kdhelpers.paths import results_dir
+from kdhelpers.paths import committed_results_dir, results_dir
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -44,6 +44,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_notebook_name(notebook: object) -> str:
+    """A results file stem such as '05_distillation' (no folders, no dots in front)."""
+    if (not isinstance(notebook, str) or not notebook or notebook.startswith(".")
+            or any(c in notebook for c in "/\\")):
+        raise ValueError(f"notebook must be a plain name such as '05_distillation' (got {notebook!r})")
+    return notebook
+
+
 def save_results(
     notebook: str,
     metrics: Mapping[str, Any],
@@ -51,10 +59,16 @@ def save_results(
     details: Mapping[str, Any] | None = None,
     folder: Path | None = None,
 ) -> Path:
-    """Write results/<notebook>.json atomically: headline `metrics` (scalars) plus optional `details`."""
+    """Write <results folder>/<notebook>.json atomically: headline `metrics` plus optional `details`."""
+    _check_notebook_name(notebook)
     if not metrics:
         raise ValueError("metrics must hold at least one headline figure")
     folder = results_dir() if folder is None else Path(folder)
+    if profile == "quick" and folder.resolve() == committed_results_dir().resolve():
+        raise ValueError(
+            f"refusing to write quick-profile numbers into the committed {folder}: results/ holds "
+            "the standard run only; unset KD_RESULTS_DIR (ad-hoc runs write to runs/results)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "notebook": notebook,
@@ -65,9 +79,13 @@ def save_results(
     }
     target = folder / f"{notebook}.json"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{notebook}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=2)
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -142,12 +160,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float
 
 
 def load_results(notebook: str, profile: str | None = None, folder: Path | None = None) -> dict[str, Any]:
-    """A chapter's saved results record; {} when it is missing or, with `profile`, was run with another profile."""
-    if not isinstance(notebook, str) or not notebook or any(c in notebook for c in "/\\"):
-        raise ValueError(f"notebook must be a plain name such as '05_distillation' (got {notebook!r})")
-    path = (results_dir() if folder is None else Path(folder)) / f"{notebook}.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    if profile is not None and record.get("profile") != profile:
-        return {}
-    return record
-
+    """A chapter's results record: this run's folder first, then the committed run; {} if none matches `profile`."""
+    _check_notebook_name(notebook)
+    folders = [Path(folder)] if folder is not None else [results_dir(), committed_results_dir()]
+    for place in folders:
+        path = place / f"{notebook}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        if profile is None or record.get("profile") == profile:
+            return record
+    return {}

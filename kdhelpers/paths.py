@@ -27,8 +27,13 @@ def data_dir() -> Path:
 
 
 def results_dir() -> Path:
-    """Folder for the JSON results the notebooks write (env KD_RESULTS_DIR overrides)."""
-    return _folder("KD_RESULTS_DIR", project_root() / "results")
+    """Folder for the JSON results of ad-hoc runs (git-ignored runs/results; env KD_RESULTS_DIR overrides)."""
+    return _folder("KD_RESULTS_DIR", project_root() / "runs" / "results")
+
+
+def committed_results_dir() -> Path:
+    """The committed standard run's results (results/), written only by `course run --in-place`."""
+    return project_root() / "results"
 
 
 def checkpoints_dir() -> Path:

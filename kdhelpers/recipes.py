@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ from kdhelpers.models import load_teacher
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
 from kdhelpers.train import TextExamples, evaluate, fit, make_loader, tokenize_texts
+
+log = logging.getLogger(__name__)
+
+#: Rough wall time of fine-tuning the teacher per profile (2-core CPU for quick/standard).
+TEACHER_TRAINING_TIME = {"quick": "about 10 s", "standard": "about 15 minutes on a 2-core CPU",
+                         "full": "a few minutes on a GPU (much longer on a CPU)"}
 
 TEACHER_KEYS = ("domain", "seed", "n_train", "pooling", "max_length", "epochs", "lr", "batch_size")
 
@@ -112,6 +119,12 @@ def load_or_train_teacher(
             return model.to(device), {"trained_now": False, "checkpoint": stem.name, **record}
         except Exception:  # damaged checkpoint: train again and overwrite it
             model, _ = load_teacher(None, pooling=settings["pooling"])
+    profile = next((name for name, values in PROFILE_SETTINGS.items()
+                    if all(settings.get(k) == v for k, v in values.items())), None)
+    log.warning(
+        "No teacher checkpoint for these settings in %s: fine-tuning the teacher now (chapter 03's "
+        "step, saved so that later chapters reuse it). Expect %s.", folder,
+        f"{TEACHER_TRAINING_TIME[profile]} in the {profile} profile" if profile else "a while")
     train = make_loader(splits["train"].examples(), settings["batch_size"], shuffle=True,
                         device=device, seed=settings["seed"])
     val = make_loader(splits["validation"].examples(), 128, device=device)

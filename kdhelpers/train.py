@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,16 +18,9 @@ from kdhelpers.checkpoints import save_checkpoint
 from kdhelpers.device import autocast, get_device, grad_scaler, pin_memory_default, to_device
 from kdhelpers.losses import distillation_loss
 from kdhelpers.models import logits_of
+from kdhelpers.progress import progress_bar  # noqa: F401  (re-exported: chapters import it from here)
 
 LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
-
-
-def progress_bar(iterable: Any, desc: str, enabled: bool = True) -> Any:
-    """A tqdm.auto progress bar, hidden when `enabled` is False or env TQDM_DISABLE is set (batch runs)."""
-    from tqdm.auto import tqdm
-
-    hidden = not enabled or os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes"}
-    return tqdm(iterable, desc=desc, leave=False, disable=hidden)
 
 
 # ---------------------------------------------------------------- data to batches

@@ -31,9 +31,26 @@ def test_run_checks_lists_every_area(monkeypatch):
         assert expected in names
     hub = checks[names.index("Hugging Face hub")]
     assert not hub.ok and "offline" in hub.detail and hub.fix
+    assert hub.status == "note", "an unreachable hub needs no action: it must not be labelled FIX"
     assert checks[names.index("packaged teacher")].ok
 
 
 def test_table_shows_fix_only_for_failures():
-    table = checks_table([Check("a", True, "fine", "do x"), Check("b", False, "broken", "do y")])
-    assert "do y" in table and "do x" not in table and "FIX" in table
+    table = checks_table([Check("a", True, "fine", "do x"), Check("b", False, "broken", "do y"),
+                          Check("c", False, "absent", "nothing", required=False)])
+    assert "do y" in table and "do x" not in table and "| b | FIX |" in table
+    assert "| c | note |" in table and "| c | FIX |" not in table
+
+
+def test_committed_setup_notebook_has_no_fix_rows_for_things_that_are_fine():
+    """The committed 00_setup run shows the checks of a working machine: no FIX row at all."""
+    import json
+
+    from kdhelpers.paths import notebooks_dir
+
+    nb = json.loads((notebooks_dir() / "00_setup.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", ""))
+                   for c in nb["cells"] for o in c.get("outputs", []))
+    assert "| packaged teacher | ok |" in text, "the committed 00_setup has no checks table"
+    fix_rows = [line for line in text.splitlines() if "| FIX |" in line]
+    assert not fix_rows, f"committed 00_setup labels these FIX: {fix_rows}"

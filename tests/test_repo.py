@@ -13,6 +13,7 @@ ROOT = project_root()
 NOTEBOOKS = list_notebooks()
 REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 REPO_PATH = REPO_URL.removeprefix("https://github.com/")
+FROZEN_BAR = re.compile(r"\b(?!100%)\d{1,3}%\|[^|\n]*\|\s*\d+/\d+")  # tqdm text below 100%
 MACHINE_PATHS = re.compile(r"/work/|/root/|/home/\w+/|/tmp/|ipykernel_\d+|C:\\\\Users")
 
 
@@ -60,8 +61,15 @@ def test_committed_notebook_was_executed_cleanly(nb):
         for out in c.get("outputs", []):
             assert out["output_type"] != "error", f"error output: {out.get('ename')}"
     injected = [c for c in cells(nb) if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert injected and 'PROFILE = "standard"' in source(injected[0]), "outputs must come from a standard run"
+    assert not injected, "papermill's injected-parameters cell overrides the learner's PROFILE: strip it"
+    run = json.loads(nb.read_text())["metadata"].get("kd_course", {})
+    assert run.get("profile") == "standard", f"outputs must come from a standard run (metadata: {run})"
     assert not MACHINE_PATHS.search(nb.read_text()), "notebook contains a path of this machine"
+    for c in code:
+        for out in c.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            assert not FROZEN_BAR.search(text), f"frozen progress bar in an output: {text[:120]!r}"
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), "widget output"
 
 
 def test_readme_lists_every_notebook_with_badge():

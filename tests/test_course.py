@@ -1,0 +1,144 @@
+"""The course runner: usage errors, failing notebooks, and where results go."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from kdhelpers import course
+from kdhelpers.course import clean_notebook, main, run
+from kdhelpers.metrics import load_results, save_results
+from kdhelpers.paths import committed_results_dir, project_root, results_dir
+
+
+def _tiny_notebook(path, body):
+    params = nbformat.v4.new_code_cell('PROFILE = "auto"\nSEED = 0')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, str(path))
+
+
+def test_bad_only_is_a_usage_error_naming_the_chapters(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "quick", "--only", "99"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only 99" in err and "available chapters" in err and "05" in err
+
+
+def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _tiny_notebook(books / "01_fails.ipynb", "raise RuntimeError('boom in a cell')")
+    _tiny_notebook(books / "02_works.ipynb",
+                   "from kdhelpers.metrics import save_results\n"
+                   "save_results('02_works', {'answer': 42}, PROFILE)")
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    monkeypatch.delenv("KD_RESULTS_DIR", raising=False)
+    status = run("quick", out=tmp_path / "run")
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "01_fails.ipynb: " in out and "boom in a cell" in out
+    assert str(tmp_path / "run" / "01_fails.ipynb") in out  # the executed copy to look at
+    assert "| 02_works | answer | 42 |" in out  # the table still prints
+    assert json.loads((tmp_path / "run" / "results" / "02_works.json").read_text())["profile"] == "quick"
+
+
+def test_in_place_run_keeps_a_failed_notebook_untouched(tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _tiny_notebook(books / "01_fails.ipynb", "1 / 0")
+    before = (books / "01_fails.ipynb").read_text()
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
+    assert run("quick", out=tmp_path / "run", in_place=True) == 1
+    assert (books / "01_fails.ipynb").read_text() == before
+
+
+def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _tiny_notebook(books / "01_ok.ipynb", "print(PROFILE)")
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
+    assert run("quick", out=tmp_path / "run", in_place=True) == 0
+    nb = nbformat.read(str(books / "01_ok.ipynb"), as_version=4)
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert nb.metadata["kd_course"] == {"profile": "quick"}
+    assert nb.cells[0].source.startswith('PROFILE = "auto"')  # the learner's cell decides again
+    assert [c.execution_count for c in nb.cells] == [1, 2]
+    assert nb.cells[1].outputs[0]["text"] == "quick\n"
+
+
+def test_clean_notebook_renumbers_after_dropping_the_injected_cell():
+    cells = [nbformat.v4.new_code_cell("a", execution_count=1),
+             nbformat.v4.new_code_cell("# Parameters", execution_count=2),
+             nbformat.v4.new_code_cell("b", execution_count=3,
+                                       outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "1"},
+                                                                       execution_count=3)])]
+    cells[1].metadata["tags"] = ["injected-parameters"]
+    nb = clean_notebook(nbformat.v4.new_notebook(cells=cells), "standard")
+    assert [c.source for c in nb.cells] == ["a", "b"]
+    assert [c.execution_count for c in nb.cells] == [1, 2]
+    assert nb.cells[1].outputs[0]["execution_count"] == 2
+
+
+def test_ad_hoc_results_never_go_to_the_committed_folder(monkeypatch):
+    monkeypatch.delenv("KD_RESULTS_DIR", raising=False)
+    assert results_dir() != committed_results_dir()
+    assert results_dir().relative_to(project_root()).parts[0] == "runs"  # git-ignored
+
+
+def test_quick_numbers_are_refused_in_the_committed_folder():
+    with pytest.raises(ValueError, match="quick-profile numbers"):
+        save_results("99_test", {"x": 1}, "quick", folder=committed_results_dir())
+    assert not (committed_results_dir() / "99_test.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["../escaped", "a/b", "", ".hidden", None])
+def test_save_results_checks_the_notebook_name(tmp_path, bad):
+    with pytest.raises(ValueError, match="plain name"):
+        save_results(bad, {"x": 1}, "standard", folder=tmp_path)
+
+
+def test_load_results_prefers_this_run_then_the_committed_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
+    committed = load_results("03_teacher")
+    assert committed.get("profile") == "standard"  # nothing in this run's folder yet
+    save_results("03_teacher", {"teacher_test_accuracy": 0.5}, "quick")
+    assert load_results("03_teacher")["profile"] == "quick"
+    assert load_results("03_teacher", "standard") == committed
+
+
+def test_table_defaults_to_the_committed_results_and_says_so(capsys):
+    assert main(["table"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Results in {committed_results_dir()}")
+    assert "| 03_teacher | teacher_test_accuracy |" in out and "| quick |" not in out
+
+
+@pytest.mark.notebook
+def test_running_a_notebook_leaves_the_checkout_clean(tmp_path):
+    """A learner's ad-hoc run (no KD_* variables) changes nothing that git tracks."""
+    root = project_root()
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def status() -> str:
+        return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout
+
+    before = status()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KD_RESULTS_DIR", "KD_CHECKPOINT_DIR", "KD_CACHE_DIR")}
+    code = ("import sys; from pathlib import Path; from kdhelpers.course import execute_notebook; "
+            "from kdhelpers.paths import notebooks_dir; "
+            "execute_notebook(notebooks_dir() / '02_the-loss.ipynb', Path(sys.argv[1]), 'quick')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "02.ipynb")], env=env, check=True,
+                   timeout=600)
+    assert status() == before
+    assert (root / "runs" / "results" / "02_the-loss.json").exists()
