@@ -145,10 +145,15 @@ def execute_notebook(
     return time.perf_counter() - start
 
 
-def summary_rows(results_dir: Path, with_run: bool = False) -> list[tuple[str, ...]]:
-    """(notebook, metric, value[, profile, date]) rows from every results/<notebook>.json."""
+def summary_rows(
+    results_dir: Path, with_run: bool = False, notebooks: Iterable[str] | None = None
+) -> list[tuple[str, ...]]:
+    """(notebook, metric, value[, profile, date]) rows from each <notebook>.json (all, or `notebooks`)."""
     rows = []
+    wanted = None if notebooks is None else set(notebooks)
     for path in sorted(Path(results_dir).glob("*.json")):
+        if wanted is not None and path.stem not in wanted:
+            continue
         data = json.loads(path.read_text())
         for key, value in data.get("metrics", {}).items():
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -208,7 +213,7 @@ def run(
             shutil.copyfile(executed, nb)
     print("\nWall time per notebook (s):")
     print(format_table(timings, ("notebook", "seconds", "status")))
-    rows = summary_rows(results)
+    rows = summary_rows(results, notebooks=[nb.stem for nb in notebooks])
     if rows:
         print(f"\nResults ({results}):")
         print(format_table(rows, ("notebook", "metric", "value")))
