@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,11 +44,15 @@ def _strip_progress(text: str) -> str:
     return "\n".join(kept) + ("\n" if kept else "")
 
 
-def clean_notebook(nb: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
-    """Tidy an executed copy: no injected-parameters cell, no papermill metadata, no progress bars.
+def clean_notebook(
+    nb: dict[str, Any], profile: str | None = None, strip_injected: bool = False
+) -> dict[str, Any]:
+    """Tidy an executed copy: no papermill metadata, no progress bars, the run's profile in metadata.
 
-    The profile of the run goes into the notebook metadata (`kd_course.profile`) instead of an
-    injected cell, so the committed notebook keeps the learner's own `PROFILE = "auto"`.
+    With `strip_injected` (for a notebook that will be committed) papermill's injected-parameters
+    cell goes too, so the committed notebook keeps the learner's own `PROFILE = "auto"`; the
+    profile of the run is then recorded only in the metadata (`kd_course.profile`). An executed
+    copy keeps the cell, so re-executing it (nbval) repeats the same run.
     """
     meta = nb.setdefault("metadata", {})
     meta.pop("papermill", None)
@@ -58,10 +61,11 @@ def clean_notebook(nb: dict[str, Any], profile: str | None = None) -> dict[str, 
     meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     if profile is not None:
         meta["kd_course"] = {"profile": profile}
-    nb["cells"] = [c for c in nb.get("cells", [])
-                   if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    if strip_injected:
+        nb["cells"] = [c for c in nb.get("cells", [])
+                       if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     count = 0
-    for cell in nb["cells"]:
+    for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
         meta.pop("papermill", None)
         meta.pop("execution", None)
@@ -169,6 +173,15 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _commit_copy(executed: Path, target: Path) -> None:
+    """Write an executed copy over a committed notebook, without papermill's injected cell."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    profile = nb.metadata.get("kd_course", {}).get("profile")
+    nbformat.write(nbformat.from_dict(clean_notebook(nb, profile, strip_injected=True)), str(target))
+
+
 def run(
     profile: str,
     only: Sequence[str] | None = None,
@@ -210,7 +223,7 @@ def run(
             continue
         timings.append((nb.stem, f"{time.perf_counter() - start:.1f}", "ok"))
         if in_place:
-            shutil.copyfile(executed, nb)
+            _commit_copy(executed, nb)
     print("\nWall time per notebook (s):")
     print(format_table(timings, ("notebook", "seconds", "status")))
     rows = summary_rows(results, notebooks=[nb.stem for nb in notebooks])

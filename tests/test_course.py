@@ -81,7 +81,9 @@ def test_clean_notebook_renumbers_after_dropping_the_injected_cell():
                                        outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "1"},
                                                                        execution_count=3)])]
     cells[1].metadata["tags"] = ["injected-parameters"]
-    nb = clean_notebook(nbformat.v4.new_notebook(cells=cells), "standard")
+    kept = clean_notebook(nbformat.v4.new_notebook(cells=[c.copy() for c in cells]), "quick")
+    assert [c.source for c in kept.cells] == ["a", "# Parameters", "b"]  # executed copies repeat the run
+    nb = clean_notebook(nbformat.v4.new_notebook(cells=cells), "standard", strip_injected=True)
     assert [c.source for c in nb.cells] == ["a", "b"]
     assert [c.execution_count for c in nb.cells] == [1, 2]
     assert nb.cells[1].outputs[0]["execution_count"] == 2

@@ -149,6 +149,7 @@ def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
     from kdhelpers.recipes import chosen_alpha_temperature
 
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr("kdhelpers.metrics.committed_results_dir", lambda: tmp_path / "none")
     assert load_results("05_distillation") == {}
     assert chosen_alpha_temperature("standard") == (0.1, 4.0, False)
     save_results("05_distillation", {"alpha": 0.0, "temperature": 8.0}, "standard")
