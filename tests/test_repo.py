@@ -40,7 +40,8 @@ def test_notebook_skeleton(nb):
     badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
     assert badge in source(cs[0]), f"first cell needs the Colab badge {badge}"
     install = [c for c in cs if c["cell_type"] == "code" and "google.colab" in source(c)]
-    assert install and f"git clone --depth 1 {REPO_URL}" in source(install[0])
+    assert len(install) == 1 and install[0] is cs[1], "second cell: the Colab cell"
+    assert re.findall(r'^REPOSITORY = "(.*)"$', source(install[0]), re.M) == [REPO_URL]
     params = [c for c in cs if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert re.search(r'^PROFILE = "auto"', source(params[0]), re.M)
