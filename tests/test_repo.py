@@ -2,9 +2,10 @@
 
 import json
 import re
+import sys
+import tomllib
 
 import pytest
-import tomllib
 
 from kdhelpers.course import list_notebooks
 from kdhelpers.paths import project_root
@@ -84,3 +85,20 @@ def test_readme_commands_and_ci_agree():
     assert re.search(r"^pytest$", ci, re.M), ".ci/run must call the README's test command"
     assert "-c .ci/constraints.txt -r requirements.txt" in ci
     assert "torch==2.13.0" in (ROOT / ".ci" / "constraints.txt").read_text()
+
+
+def test_python_version_claims_agree():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    claim = pyproject["project"]["requires-python"]
+    match = re.fullmatch(r">=3\.(\d+)", claim)
+    assert match, f"requires-python should be a lower bound, got {claim!r}"
+    minor = int(match[1])
+    readme = (ROOT / "README.md").read_text()
+    assert f"Python 3.{minor}+" in readme, f"README must say Python 3.{minor}+ like pyproject.toml"
+    assert not re.search(r"Python 3\.\d+\+", readme.replace(f"Python 3.{minor}+", "")), (
+        "README names another minimum Python version"
+    )
+    conda = re.search(r"^\s*- python=3\.(\d+)$", (ROOT / "environment.yml").read_text(), re.M)
+    assert conda and int(conda[1]) >= minor, "environment.yml must pick a supported Python"
+    running = sys.version.split()[0]
+    assert sys.version_info >= (3, minor), f"these tests run on Python {running}, below {claim}"
