@@ -80,7 +80,16 @@ def test_readme_lists_every_notebook_with_badge():
 def test_readme_commands_and_ci_agree():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
+    cpu_torch = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert re.search(rf"^{re.escape(cpu_torch)}$", readme, re.M), "README needs the CPU torch line"
+    first_install = re.search(r"^pip install ", readme, re.M)
+    assert first_install and readme.startswith(cpu_torch, first_install.start()), (
+        "the first install command of the README must be the CPU torch line"
+    )
     assert "pip install -r requirements.txt" in readme and "jupyter lab notebooks/" in readme
+    assert "pip install -c .ci/constraints.txt" not in readme, (
+        "the CI pin is no CPU path for learners: from PyPI alone it is the CUDA build"
+    )
     assert re.search(r"^pytest$", readme, re.M), "README must show the test command `pytest`"
     assert re.search(r"^pytest$", ci, re.M), ".ci/run must call the README's test command"
     assert "-c .ci/constraints.txt -r requirements.txt" in ci
