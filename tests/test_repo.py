@@ -2,9 +2,10 @@
 
 import json
 import re
+import sys
+import tomllib
 
 import pytest
-import tomllib
 
 from kdhelpers.course import list_notebooks
 from kdhelpers.paths import project_root
@@ -41,7 +42,8 @@ def test_notebook_skeleton(nb):
     badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
     assert badge in source(cs[0]), f"first cell needs the Colab badge {badge}"
     install = [c for c in cs if c["cell_type"] == "code" and "google.colab" in source(c)]
-    assert install and f"git clone --depth 1 {REPO_URL}" in source(install[0])
+    assert len(install) == 1 and install[0] is cs[1], "second cell: the Colab cell"
+    assert re.findall(r'^REPOSITORY = "(.*)"$', source(install[0]), re.M) == [REPO_URL]
     params = [c for c in cs if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert re.search(r'^PROFILE = "auto"', source(params[0]), re.M)
@@ -86,8 +88,34 @@ def test_readme_lists_every_notebook_with_badge():
 def test_readme_commands_and_ci_agree():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
+    cpu_torch = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert re.search(rf"^{re.escape(cpu_torch)}$", readme, re.M), "README needs the CPU torch line"
+    first_install = re.search(r"^pip install ", readme, re.M)
+    assert first_install and readme.startswith(cpu_torch, first_install.start()), (
+        "the first install command of the README must be the CPU torch line"
+    )
     assert "pip install -r requirements.txt" in readme and "jupyter lab notebooks/" in readme
+    assert "pip install -c .ci/constraints.txt" not in readme, (
+        "the CI pin is no CPU path for learners: from PyPI alone it is the CUDA build"
+    )
     assert re.search(r"^pytest$", readme, re.M), "README must show the test command `pytest`"
     assert re.search(r"^pytest$", ci, re.M), ".ci/run must call the README's test command"
     assert "-c .ci/constraints.txt -r requirements.txt" in ci
     assert "torch==2.13.0" in (ROOT / ".ci" / "constraints.txt").read_text()
+
+
+def test_python_version_claims_agree():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    claim = pyproject["project"]["requires-python"]
+    match = re.fullmatch(r">=3\.(\d+)", claim)
+    assert match, f"requires-python should be a lower bound, got {claim!r}"
+    minor = int(match[1])
+    readme = (ROOT / "README.md").read_text()
+    assert f"Python 3.{minor}+" in readme, f"README must say Python 3.{minor}+ like pyproject.toml"
+    assert not re.search(r"Python 3\.\d+\+", readme.replace(f"Python 3.{minor}+", "")), (
+        "README names another minimum Python version"
+    )
+    conda = re.search(r"^\s*- python=3\.(\d+)$", (ROOT / "environment.yml").read_text(), re.M)
+    assert conda and int(conda[1]) >= minor, "environment.yml must pick a supported Python"
+    running = sys.version.split()[0]
+    assert sys.version_info >= (3, minor), f"these tests run on Python {running}, below {claim}"
