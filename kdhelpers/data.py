@@ -1,8 +1,9 @@
 """Sentiment data for the course: the VADER human-rated corpora, fetched from PyPI, as splits.
 
 The corpora of Hutto & Gilbert (ICWSM 2014) ship inside the source distribution of
-``vaderSentiment==3.3.2`` (MIT licence). ``fetch_vader_corpora`` downloads that sdist with pip,
-checks its sha256 and extracts only the corpora; ``load_sentiment`` turns one domain into
+``vaderSentiment==3.3.2`` (MIT licence). ``fetch_vader_corpora`` downloads that sdist with pip in
+hash-checking mode (the recorded sha256 is checked before pip unpacks or runs anything in it),
+checks it again and extracts only the corpora; ``load_sentiment`` turns one domain into
 ``train`` / ``unlabeled`` / ``validation`` / ``test`` splits.
 
     python -m kdhelpers.data fetch            # CI calls this; prints where the data is
@@ -15,14 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kdhelpers import paths
+from kdhelpers.folders import STALE_AFTER_S, UnwritableFolderError, ensure_folder, unwritable_error
 
 try:  # POSIX; elsewhere the atomic rename alone keeps concurrent fetches safe
     import fcntl
@@ -53,6 +58,8 @@ _INNER_PREFIX = "hutto_ICWSM_2014/"
 _LOCK_NAME = ".vader.lock"
 _STAGING_PREFIX = ".vader-staging-"
 _OLD_PREFIX = ".vader-old-"
+DATA_ENV = "KD_DATA_DIR"
+_PIP_KILL_GRACE_S = 5.0
 
 #: sha256 of every file extracted from the inner archive (the manifest must agree).
 VADER_FILES: MappingProxyType[str, str] = MappingProxyType({
@@ -146,11 +153,13 @@ def _sha256_file(path: Path) -> str:
 
 def _resolve_root(data_dir: Path | str | None) -> Path:
     """The data folder: `data_dir` if given (created), else kdhelpers.paths.data_dir()."""
-    if data_dir is None:
+    if data_dir is not None:
+        return ensure_folder(data_dir, DATA_ENV, "data", argument=f"data_dir={str(data_dir)!r}")
+    try:
         return paths.data_dir()
-    root = Path(data_dir).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    except OSError as exc:
+        chosen = os.environ.get(DATA_ENV) or str(paths.project_root() / "data")
+        raise unwritable_error(Path(chosen).expanduser(), DATA_ENV, "data", exc) from exc
 
 
 def vader_is_fetched(data_dir: Path | str | None = None) -> bool:
@@ -172,16 +181,24 @@ def _is_verified(target: Path) -> bool:
         return False
 
 
+def _open_lock(lock_path: Path) -> Any:
+    """The lock file opened for appending; UnwritableFolderError naming KD_DATA_DIR if impossible."""
+    try:
+        return open(lock_path, "a+b")
+    except OSError as exc:
+        raise unwritable_error(lock_path.parent, DATA_ENV, "data", exc) from exc
+
+
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[bool]:
+def _exclusive_lock(lock_path: Path, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive flock on `lock_path`; yields whether a lock is actually held."""
-    with open(lock_path, "a+b") as fh:
+    with _open_lock(lock_path) as fh:
         locked = False
         if fcntl is not None:
             try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
                 locked = True
-            except OSError:  # file systems without flock: fall back on the atomic rename
+            except OSError:  # busy (non-blocking), or no flock here: fall back on the atomic rename
                 locked = False
         try:
             yield locked
@@ -190,11 +207,32 @@ def _exclusive_lock(lock_path: Path) -> Iterator[bool]:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _remove_leftovers(root: Path) -> None:
-    """Delete staging/old folders that an interrupted fetch left behind (call under the lock)."""
-    for pattern in (_STAGING_PREFIX + "*", _OLD_PREFIX + "*"):
-        for leftover in root.glob(pattern):
+def _leftovers(root: Path) -> list[Path]:
+    """Staging and old folders of earlier fetches in `root`."""
+    with contextlib.suppress(OSError):
+        return [p for pattern in (_STAGING_PREFIX + "*", _OLD_PREFIX + "*") for p in root.glob(pattern)]
+    return []
+
+
+def _remove_leftovers(root: Path, locked: bool = True) -> None:
+    """Delete staging/old folders that an interrupted fetch left behind (unlocked: only day-old ones)."""
+    # under the lock every such folder is debris (fetches stage and install only under it); without
+    # flock a concurrent fetch may own one, so only folders older than STALE_AFTER_S go
+    now = time.time()
+    for leftover in _leftovers(root):
+        with contextlib.suppress(OSError):
+            if not locked and now - leftover.stat().st_mtime < STALE_AFTER_S:
+                continue
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _clean_up_after_killed_fetches(root: Path) -> None:
+    """Remove a killed fetch's folders when the lock is free right now (never waits, never raises)."""
+    if not _leftovers(root):
+        return
+    with contextlib.suppress(OSError), _exclusive_lock(root / _LOCK_NAME, blocking=False) as locked:
+        if locked:
+            _remove_leftovers(root)
 
 
 def _offline_help() -> str:
@@ -203,27 +241,97 @@ def _offline_help() -> str:
         f"The VADER corpora come from the source distribution of {VADER_REQUIREMENT} on PyPI. "
         "Check the network connection and pip's index settings (`python -m pip config list`, "
         "PIP_INDEX_URL, proxy variables). Without access, download the file on another machine "
-        f"with `python -m pip download --no-deps --no-binary :all: {VADER_REQUIREMENT} -d .`, "
+        f"with `python -m pip download --no-deps --no-binary :all: --require-hashes -r req.txt -d .` "
+        f"where req.txt holds the line `{VADER_REQUIREMENT} --hash=sha256:{VADER_SDIST_SHA256}`, "
         f"copy {VADER_SDIST_NAME} here and run `python -m kdhelpers.data fetch --sdist "
         f"PATH/{VADER_SDIST_NAME}` (or pass sdist_path= to fetch_vader_corpora)."
     )
 
 
-def _pip_download(dest: Path, timeout_s: float = 600.0) -> Path:
-    """Download the vaderSentiment sdist into `dest` with pip and return its path."""
+#: Run by a small launcher before pip (Linux): die with the parent (PR_SET_PDEATHSIG = 1, SIGKILL).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, 9)\nexcept Exception:\n    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _pip_command(dest: Path, requirements: Path) -> list[str]:
+    """The pip command that downloads the sdist in hash-checking mode (nothing runs before the check)."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        "--require-hashes", "--requirement", str(requirements),
         "--disable-pip-version-check", "--no-input", "--timeout", "20", "--retries", "2",
-        "--dest", str(dest), VADER_REQUIREMENT,
+        "--dest", str(dest),
     ]
+    if importlib.util.find_spec("setuptools") is not None:
+        # pip prepares the sdist's metadata after the hash check; without build isolation it uses
+        # the installed setuptools instead of downloading build dependencies that have no hash
+        cmd.insert(cmd.index("--require-hashes"), "--no-build-isolation")
+    return cmd
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Terminate `proc` and its process group (pip and the build helpers it started), then reap it."""
+    if proc.poll() is None or os.name == "posix":
+        with contextlib.suppress(OSError):
+            if os.name == "posix":
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:  # pragma: no cover - Windows
+                proc.terminate()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataFetchError(f"pip download did not finish ({exc}). {_offline_help()}") from exc
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+        proc.wait(timeout=_PIP_KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            if os.name == "posix":
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:  # pragma: no cover - Windows
+                proc.kill()
+        proc.wait()
+
+
+def _run_killable(cmd: Sequence[str], timeout_s: float) -> tuple[int, str, str]:
+    """Run `cmd` and return (exit code, stdout, stderr); it is killed with its process group if this call fails or the caller dies."""
+    argv = list(cmd)
+    if sys.platform.startswith("linux"):
+        argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=os.name == "posix")
+    finished = False
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        finished = True
+        return proc.returncode, out, err
+    finally:
+        if not finished:
+            _stop(proc)
+        elif os.name == "posix":  # build helpers pip may have left in its group
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _pip_download(dest: Path, timeout_s: float = 600.0) -> Path:
+    """Download the vaderSentiment sdist into `dest` with pip, hash-checked before pip unpacks it."""
+    with tempfile.TemporaryDirectory(prefix="kd-vader-req-") as req_dir:
+        requirements = Path(req_dir) / "requirements.txt"
+        requirements.write_text(f"{VADER_REQUIREMENT} --hash=sha256:{VADER_SDIST_SHA256}\n")
+        try:
+            code, out, err = _run_killable(_pip_command(dest, requirements), timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataFetchError(f"pip download did not finish ({exc}). {_offline_help()}") from exc
+    if code != 0:
+        if "DO NOT MATCH THE HASHES" in err:
+            raise ChecksumMismatchError(
+                f"pip refused the {VADER_SDIST_NAME} served by your package index: its sha256 is not "
+                f"{VADER_SDIST_SHA256} (recorded in kdhelpers/data.py and data/README.md); nothing "
+                "from it was run or installed. Clear pip's copy with `python -m pip cache remove "
+                "vaderSentiment` and fetch again; if it still differs, your index serves a modified "
+                f"file: do not use it. pip said: {' / '.join(err.strip().splitlines()[-3:])}"
+            )
+        detail = (err or out or "").strip().splitlines()[-3:]
         raise DataFetchError(
-            f"`pip download {VADER_REQUIREMENT}` failed (exit {proc.returncode}: "
+            f"`pip download {VADER_REQUIREMENT}` failed (exit {code}: "
             f"{' / '.join(detail) or 'no output'}). {_offline_help()}"
         )
     found = [p for p in dest.iterdir() if p.name.lower() == VADER_SDIST_NAME.lower()]
@@ -332,12 +440,12 @@ def fetch_vader_corpora(
     root = _resolve_root(data_dir)
     target = root / VADER_SUBDIR
     if _is_verified(target):
+        _clean_up_after_killed_fetches(root)
         return target
     with _exclusive_lock(root / _LOCK_NAME) as locked:
         if _is_verified(target):  # another process finished while we waited
             return target
-        if locked:
-            _remove_leftovers(root)
+        _remove_leftovers(root, locked)
         with tempfile.TemporaryDirectory(prefix="kd-vader-sdist-") as download_dir:
             if sdist_path is not None:
                 sdist = Path(sdist_path).expanduser()
@@ -346,7 +454,10 @@ def fetch_vader_corpora(
             else:
                 sdist = _pip_download(Path(download_dir))
             _check_sha256(_sha256_file(sdist), VADER_SDIST_SHA256, str(sdist))
-            staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
+            except OSError as exc:
+                raise unwritable_error(root, DATA_ENV, "data", exc) from exc
             staging.chmod(0o755)  # mkdtemp makes it private; the data is meant to be shared
             try:
                 _extract_corpora(sdist, staging)
@@ -735,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(fetch_vader_corpora(args.data_dir, sdist_path=args.sdist))
             return 0
         rows = vader_summary(args.data_dir)
-    except DataFetchError as exc:
+    except (DataFetchError, UnwritableFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"VADER corpora in {_resolve_root(args.data_dir) / VADER_SUBDIR}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdhelpers.checkpoints import tensor_digest
 from kdhelpers.device import autocast, get_device
+from kdhelpers.folders import ensure_folder, make_temp, remove_stale_temp, unwritable_error
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import logits_of
 from kdhelpers.train import pad_collate, progress_bar
@@ -72,12 +73,7 @@ def predict_logits(
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of a model's weights (names, dtypes, shapes and values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return tensor_digest(model.state_dict())
 
 
 def data_fingerprint(ids: Sequence[str], input_ids: Sequence[Sequence[int]]) -> str:
@@ -100,21 +96,44 @@ class CachedLogits:
     fingerprint: str
 
 
+CACHE_ENV = "KD_CACHE_DIR"
+#: Version of the cache file layout; files of another version (or none) are recomputed.
+CACHE_FORMAT = "2"
+
+
 def _read_cache(path: Path, fingerprint: str, n: int) -> torch.Tensor | None:
-    """The cached logits when the file is intact and its fingerprint and size match, else None."""
+    """The cached logits when the file is intact, of this format, and its key, digest and size match, else None."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("fingerprint") != fingerprint:
-                return None
+            if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fingerprint:
+                return None  # an old file without a digest, or another key: stale
             logits = fh.get_tensor("logits")
     except Exception:  # truncated or damaged file: recompute
         return None
+    if meta.get("logits_sha256") != tensor_digest({"logits": logits}):
+        return None  # values changed inside a valid file (a flipped sign, re-ordered rows)
     if logits.dim() != 2 or logits.shape[0] != n or not torch.isfinite(logits).all():
         return None
     return logits
+
+
+def _write_cache(path: Path, logits: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write the logits with their digest to `path` atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    tmp = make_temp(path, CACHE_ENV, "logit cache")
+    try:
+        save_file({"logits": logits}, str(tmp),
+                  metadata={**metadata, "logits_sha256": tensor_digest({"logits": logits})})
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise unwritable_error(path.parent, CACHE_ENV, "logit cache", exc) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def cache_logits(
@@ -128,30 +147,22 @@ def cache_logits(
     pad_id: int = 0,
     progress: bool = True,
 ) -> CachedLogits:
-    """Teacher logits for the examples, from disk when the (teacher, data, ids, order) key matches."""
+    """Teacher logits for the examples, from disk when the (teacher, data, ids, order) key and the stored digest match."""
     if not name or any(c in name for c in "/\\"):
         raise ValueError(f"name must be a plain file-name stem (got {name!r})")
-    fingerprint = hashlib.sha256(
-        (model_fingerprint(teacher) + data_fingerprint(ids, input_ids)).encode()
-    ).hexdigest()
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    teacher_sha = model_fingerprint(teacher)
+    data_sha = data_fingerprint(ids, input_ids)
+    fingerprint = hashlib.sha256((teacher_sha + data_sha).encode()).hexdigest()
+    folder = ensure_folder(cache_dir, CACHE_ENV, "logit cache")
+    remove_stale_temp(folder)
     path = folder / f"{name}-{fingerprint[:16]}.safetensors"
     if path.exists():
         cached = _read_cache(path, fingerprint, len(ids))
         if cached is not None:
             return CachedLogits(cached, path, True, fingerprint)
-    logits = predict_logits(teacher, input_ids, batch_size, device, True, pad_id, progress)
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"logits": logits.contiguous()}, tmp, metadata={"fingerprint": fingerprint, "n": str(len(ids))})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    logits = predict_logits(teacher, input_ids, batch_size, device, True, pad_id, progress).contiguous()
+    _write_cache(path, logits, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "n": str(len(ids)),
+                                "name": name, "teacher_sha256": teacher_sha, "data_sha256": data_sha})
     return CachedLogits(logits, path, False, fingerprint)
 
 

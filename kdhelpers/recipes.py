@@ -108,31 +108,67 @@ def load_or_train_teacher(
     folder: Path | None = None,
     retrain: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when one matches, else trained now."""
-    folder = checkpoints_dir() if folder is None else Path(folder)
-    stem = folder / _teacher_name(settings, splits)
+    """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when it verifies and matches, else trained now (info['reason'] says why)."""
+    import os
+
+    from kdhelpers.checkpoints import CHECKPOINT_ENV, CheckpointError
+    from kdhelpers.folders import unwritable_error
+    from kdhelpers.paths import project_root
+
+    # a checkpoint is reused only if its digest verifies and its stored settings and data match;
+    # a refused one (damaged, old format without digest, other settings) is retrained and replaced
+    stem_name = _teacher_name(settings, splits)
+    if folder is None:
+        try:
+            folder = checkpoints_dir()
+        except OSError as exc:
+            chosen = os.environ.get(CHECKPOINT_ENV) or str(project_root() / "checkpoints")
+            raise unwritable_error(Path(chosen).expanduser(), CHECKPOINT_ENV, "checkpoint", exc) from exc
+    stem = Path(folder) / stem_name
+    # what the stored record must repeat for the checkpoint to be reused (JSON-normalised)
+    wanted = json.loads(json.dumps({k: settings[k] for k in TEACHER_KEYS}, default=str))
+    data_sha = hashlib.sha256("\n".join("|".join(splits[name].ids) for name in ("train", "validation"))
+                              .encode()).hexdigest()
     model, _ = load_teacher(None, pooling=settings["pooling"])
     weights, _ = checkpoint_paths(stem)
-    if weights.exists() and not retrain:
+    if retrain:
+        reason = "retrain=True: trained again"
+    elif not weights.exists():
+        reason = f"no checkpoint {weights.name} in the checkpoint folder: trained now"
+    else:
         try:
             record = load_checkpoint(model, stem)
-            return model.to(device), {"trained_now": False, "checkpoint": stem.name, **record}
-        except Exception:  # damaged checkpoint: train again and overwrite it
-            model, _ = load_teacher(None, pooling=settings["pooling"])
+            stored = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+            stored = {k: stored.get(k) for k in TEACHER_KEYS}
+            differ = {k: (stored[k], wanted[k]) for k in TEACHER_KEYS if stored[k] != wanted[k]}
+            if differ:
+                reason = (f"checkpoint {weights.name} was saved with other settings "
+                          f"(stored, requested: {differ}): not reused, trained again")
+            elif record.get("data_sha256") != data_sha:
+                reason = (f"checkpoint {weights.name} was trained on other train/validation examples "
+                          "(or records none): not reused, trained again")
+            else:
+                info = {"trained_now": False, "checkpoint": stem.name,
+                        "reason": "checkpoint verified: weights digest, settings and data match", **record}
+                return model.to(device), info
+        except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
+            reason = f"checkpoint refused ({exc}): trained again"
+        model, _ = load_teacher(None, pooling=settings["pooling"])
     profile = next((name for name, values in PROFILE_SETTINGS.items()
                     if all(settings.get(k) == v for k, v in values.items())), None)
-    log.warning(
-        "No teacher checkpoint for these settings in %s: fine-tuning the teacher now (chapter 03's "
-        "step, saved so that later chapters reuse it). Expect %s.", folder,
-        f"{TEACHER_TRAINING_TIME[profile]} in the {profile} profile" if profile else "a while")
+    if profile is not None:  # the chapters' own teacher; exercises that vary it ask for that work
+        log.warning(
+            "No usable teacher checkpoint for these settings (%s). Fine-tuning the teacher now "
+            "(chapter 03's step, saved so that later chapters reuse it): expect %s in the %s profile.",
+            reason, TEACHER_TRAINING_TIME[profile], profile)
     train = make_loader(splits["train"].examples(), settings["batch_size"], shuffle=True,
                         device=device, seed=settings["seed"])
     val = make_loader(splits["validation"].examples(), 128, device=device)
     history = fit(model, train, val, epochs=settings["epochs"], lr=settings["lr"], device=device,
                   patience=1, desc="teacher")
-    record = {"settings": dict(settings), "history": history}
+    record = {"settings": dict(settings), "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
-    return model, {"trained_now": True, "checkpoint": stem.name, **record}
+    return model, {"trained_now": True, "checkpoint": stem.name, "reason": reason, **record}
 
 
 def teacher_logits(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -450,3 +451,167 @@ def test_splits_come_shuffled_so_their_heads_are_fair_samples() -> None:
         assert 0.3 < sum(head) / 100 < 0.7, f"the first 100 rows of {name} are not a fair sample"
         ids = [int(i.split(":")[1]) for i in split["id"][:50]]
         assert ids != sorted(ids), f"{name} comes in source order"
+
+
+# ----------------------------------------------------------------------------- fetch safety
+
+
+def _look_alike_sdist(folder: Path, marker: Path) -> Path:
+    """A fake vaderSentiment-3.3.2.tar.gz whose in-tree build backend writes `marker` when run."""
+    import io
+    import tarfile
+
+    backend = f"open({str(marker)!r}, 'a').write('ran')\ndef get_requires_for_build_wheel(c=None):\n    return []\n"
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
+        "evil.py": backend,
+        "setup.py": backend,
+        "PKG-INFO": "Metadata-Version: 2.1\nName: vaderSentiment\nVersion: 3.3.2\n",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    sdist = folder / kd_data.VADER_SDIST_NAME
+    with tarfile.open(sdist, "w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"vaderSentiment-3.3.2/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return sdist
+
+
+def _offline_index(monkeypatch, find_links: Path) -> None:
+    """pip sees only `find_links` (no index, no config, no cache)."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(find_links))
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_a_look_alike_sdist_is_refused_before_any_of_its_code_runs(tmp_path: Path, monkeypatch) -> None:
+    marker = tmp_path / "code-ran.txt"
+    _look_alike_sdist(tmp_path / "index", marker)
+    _offline_index(monkeypatch, tmp_path / "index")
+    with pytest.raises(ChecksumMismatchError, match=kd_data.VADER_SDIST_SHA256) as info:
+        fetch_vader_corpora(tmp_path / "data")
+    assert "nothing from it was run" in str(info.value)
+    assert not marker.exists(), "pip ran the archive's build code before checking its hash"
+    assert not (tmp_path / "data" / "vader").exists()
+
+
+def test_pip_runs_in_hash_checking_mode(tmp_path: Path) -> None:
+    req = tmp_path / "r.txt"
+    cmd = kd_data._pip_command(tmp_path, req)
+    assert {"--no-deps", "--require-hashes"} <= set(cmd)
+    assert cmd[cmd.index("--requirement") + 1] == str(req)
+    assert kd_data.VADER_REQUIREMENT not in cmd  # the pinned line with its hash lives in the file
+
+
+def _gone(pid: int) -> bool:
+    """True when `pid` no longer runs (absent, or a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+#: Stands in for pip: starts a helper (as pip starts build backends), writes both pids, waits.
+_SLEEPER = (
+    "import os, subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "open(sys.argv[1], 'w').write('%d %d' % (os.getpid(), child.pid))\n"
+    "time.sleep(120)\n"
+)
+
+
+def _wait_for_pids(path: Path, limit_s: float = 30) -> list[int]:
+    """The pids a sleeper wrote to `path`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().split()) == 2:
+            return [int(p) for p in path.read_text().split()]
+        time.sleep(0.05)
+    raise AssertionError("the sleeper did not start")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks /proc")
+def test_interrupted_download_kills_pip_and_its_helpers(tmp_path: Path, monkeypatch) -> None:
+    import _thread
+
+    pid_file = tmp_path / "pids"
+    sleeper = [sys.executable, "-c", _SLEEPER, str(pid_file)]
+    monkeypatch.setattr(kd_data, "_pip_command", lambda dest, req: sleeper)
+
+    def interrupt() -> None:
+        _wait_for_pids(pid_file)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        kd_data._pip_download(tmp_path, timeout_s=60)
+    pids = _wait_for_pids(pid_file)
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in pids), f"left running: {pids}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG and /proc")
+def test_pip_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    code = _SLEEPER
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom kdhelpers import data\n"
+        f"data._run_killable([sys.executable, '-c', {code!r}, {str(pid_file)!r}], 120)\n"
+    )], env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        pids = _wait_for_pids(pid_file)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not _gone(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pids[0]), "pip outlived the process that started it"
+    finally:
+        parent.kill()
+        for pid in _wait_for_pids(pid_file):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "lock-is-a-folder", "proc"])
+def test_unusable_data_folder_names_kd_data_dir(tmp_path: Path, monkeypatch, where: str) -> None:
+    from kdhelpers.folders import UnwritableFolderError
+
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        folder = tmp_path / "file" / "data"
+    elif where == "lock-is-a-folder":  # opening .vader.lock fails, as on a read-only folder
+        folder = tmp_path / "data"
+        (folder / ".vader.lock").mkdir(parents=True)
+    else:
+        folder = Path("/proc/kd-course-data")
+    monkeypatch.setenv("KD_DATA_DIR", str(folder))
+    with pytest.raises(UnwritableFolderError, match="KD_DATA_DIR") as info:
+        fetch_vader_corpora(sdist_path=tmp_path / "unused.tar.gz")
+    assert str(folder) in str(info.value) and "folder you can write" in str(info.value)
+    cli = subprocess.run([sys.executable, "-m", "kdhelpers.data", "fetch", "--sdist", "x.tar.gz"],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "KD_DATA_DIR": str(folder), "PYTHONPATH": str(REPO)})
+    assert cli.returncode == 1 and "KD_DATA_DIR" in cli.stderr and "Traceback" not in cli.stderr
+    if where == "under-a-file":
+        with pytest.raises(UnwritableFolderError, match="data_dir="):
+            fetch_vader_corpora(folder)
+
+
+def test_killed_fetch_folders_are_removed_even_when_the_data_is_verified(
+    tmp_path: Path, vader_sdist: Path
+) -> None:
+    fetch_vader_corpora(tmp_path, sdist_path=vader_sdist)
+    for name in (".vader-old-0123", ".vader-staging-4567"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tweets_GroundTruth.txt").write_text("debris")
+    assert fetch_vader_corpora(tmp_path) == tmp_path / "vader"
+    assert leftovers(tmp_path) == []

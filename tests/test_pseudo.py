@@ -125,3 +125,65 @@ def test_pseudo_labels_and_quality_reports():
         confident(logits, 1.5)
     with pytest.raises(ValueError, match="gold"):
         coverage_accuracy(logits, gold[:2], [0.5])
+
+
+def _rewrite_cache(path, transform=None, drop=()):
+    """Rewrite a cache file as a valid safetensors file with changed values or metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        logits = fh.get_tensor("logits")
+    for key in drop:
+        meta.pop(key, None)
+    save_file({"logits": transform(logits) if transform else logits}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("damage", ["flip-sign", "reorder-rows", "one-value", "old-format"])
+def test_values_changed_inside_a_valid_cache_file_are_recomputed(tmp_path, damage):
+    teacher = tiny_teacher()
+    ids, tokens = examples()
+    first = cache_logits(teacher, ids, tokens, tmp_path, progress=False)
+    if damage == "flip-sign":
+        _rewrite_cache(first.path, lambda x: -x)
+    elif damage == "reorder-rows":
+        _rewrite_cache(first.path, lambda x: x.flip(0).contiguous())
+    elif damage == "one-value":
+        _rewrite_cache(first.path, lambda x: x.index_put((torch.tensor([3]), torch.tensor([1])), torch.tensor(0.5)))
+    else:  # a file of the earlier format: the same key and values but no digest
+        _rewrite_cache(first.path, drop=("logits_sha256", "format"))
+    again = cache_logits(teacher, ids, tokens, tmp_path, progress=False)
+    assert not again.from_cache and torch.equal(again.logits, first.logits)
+    assert cache_logits(teacher, ids, tokens, tmp_path, progress=False).from_cache
+
+
+def test_cache_in_an_impossible_folder_names_kd_cache_dir(tmp_path, monkeypatch):
+    from kdhelpers.folders import UnwritableFolderError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("KD_CACHE_DIR", str(blocker))
+    teacher = tiny_teacher()
+    ids, tokens = examples()
+    for folder in (blocker, blocker / "sub"):
+        with pytest.raises(UnwritableFolderError, match="KD_CACHE_DIR") as info:
+            cache_logits(teacher, ids, tokens, folder, progress=False)
+        assert str(folder) in str(info.value)
+
+
+def test_a_killed_writers_temp_file_is_cleaned_up(tmp_path):
+    import os
+    import time
+
+    from kdhelpers.folders import _host
+
+    teacher = tiny_teacher()
+    ids, tokens = examples()
+    dead = tmp_path / f".teacher-0123456789abcdef.safetensors.{_host()}-999999999.abcd.tmp"
+    live = tmp_path / f".teacher-0123456789abcdef.safetensors.{_host()}-{os.getpid()}.efgh.tmp"
+    for p in (dead, live):
+        p.write_bytes(b"half")
+        os.utime(p, (time.time() - 600, time.time() - 600))
+    cache_logits(teacher, ids, tokens, tmp_path, progress=False)
+    assert not dead.exists() and live.exists()

@@ -68,3 +68,44 @@ def test_transfer_set_keeps_train_labels_and_hides_the_rest():
     assert len(plain) == 5 and plain_labels.tolist() == [1, 1, 1, -1, -1]
     with pytest.raises(ValueError, match="aug_copies"):
         transfer_set(splits, -1, mask_id=103)
+
+
+def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(splits, tmp_path, monkeypatch):
+    import json
+
+    from kdhelpers import recipes
+
+    calls = []
+    monkeypatch.setattr(recipes, "fit", lambda *a, **k: calls.append(k["lr"]) or {"epochs": 0})
+    _, first = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert first["trained_now"] and "no checkpoint" in first["reason"]
+    _, again = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert not again["trained_now"] and "verified" in again["reason"]
+    # a checkpoint of other settings copied to this one's name is not reused
+    other = {**SETTINGS, "lr": 2e-4}
+    _, info = load_or_train_teacher(other, splits, "cpu", folder=tmp_path)
+    for ext in ("safetensors", "json"):
+        (tmp_path / f"{first['checkpoint']}.{ext}").write_bytes((tmp_path / f"{info['checkpoint']}.{ext}").read_bytes())
+    _, copied = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert copied["trained_now"] and "other settings" in copied["reason"] and "lr" in copied["reason"]
+    assert calls == [1e-4, 2e-4, 1e-4]
+    # a checkpoint of the earlier format (no digest) is retrained, with the reason
+    meta = tmp_path / f"{first['checkpoint']}.json"
+    record = json.loads(meta.read_text())
+    del record["kd_integrity"]
+    meta.write_text(json.dumps(record))
+    _, old = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert old["trained_now"] and "no digest" in old["reason"]
+    # same settings, other training examples: not reused
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "data_sha256": "0" * 64}))
+    _, moved = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
+    assert moved["trained_now"] and "other train/validation examples" in moved["reason"]
+
+
+def test_impossible_checkpoint_folder_names_kd_checkpoint_dir(splits, tmp_path, monkeypatch):
+    from kdhelpers.folders import UnwritableFolderError
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path / "file" / "checkpoints"))
+    with pytest.raises(UnwritableFolderError, match="KD_CHECKPOINT_DIR"):
+        load_or_train_teacher(SETTINGS, splits, "cpu")
