@@ -11,6 +11,13 @@ import torch
 from torch import nn
 
 from kdhelpers.models import count_parameters  # noqa: F401  (re-exported for chapter 01)
+from kdhelpers.validate import (
+    check_class_labels,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 SOURCES = ("digits", "mnist")
 SPLITS = ("train", "transfer", "val", "test")
@@ -19,22 +26,12 @@ DEFAULT_FRACTIONS = (0.35, 0.3, 0.1, 0.25)
 
 def _check_int(name: str, value: object, minimum: int = 0) -> int:
     """Validate an int argument that must be >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int (got {type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum} (got {value})")
-    return int(value)
+    return check_int(name, value, minimum)
 
 
 def _check_number(name: str, value: object, minimum: float = 0.0, strict: bool = False) -> float:
     """Validate a finite real argument that must be >= (or > when strict) minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number (got {type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum} (got {value})")
-    return value
+    return check_number(name, value, None if minimum == -math.inf else minimum, strict_min=strict)
 
 
 def _check_inputs(name: str, x: object) -> torch.Tensor:
@@ -45,11 +42,11 @@ def _check_inputs(name: str, x: object) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor (got dtype {x.dtype})")
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n, features) with n > 0 (got {tuple(x.shape)})")
-    return x
+    return check_float_tensor(name, x)
 
 
-def _check_labels(name: str, y: object, n: int | None = None) -> torch.Tensor:
-    """Validate a 1-D integer label tensor (of length n when given)."""
+def _check_labels(name: str, y: object, n: int | None = None, n_classes: int | None = None) -> torch.Tensor:
+    """Validate a 1-D integer label tensor (of length n, with ids below n_classes, when given); returned as int64."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(y).__name__})")
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
@@ -60,7 +57,9 @@ def _check_labels(name: str, y: object, n: int | None = None) -> torch.Tensor:
         raise ValueError(f"{name} must have {n} entries to match the inputs (got {y.shape[0]})")
     if y.numel() and int(y.min()) < 0:
         raise ValueError(f"{name} must hold non-negative class indices (got {int(y.min())})")
-    return y
+    if n_classes is not None:
+        return check_class_labels(name, y, n_classes)
+    return y.long()
 
 
 def _check_class(name: str, cls: object, n_classes: int) -> int:
@@ -133,7 +132,7 @@ def split_indices(
     labels = _check_labels("labels", labels)
     if labels.numel() == 0:
         raise ValueError("labels is empty: nothing to split")
-    seed = _check_int("seed", seed)
+    seed = check_seed("seed", seed)
     if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or not fractions:
         raise TypeError("fractions must be a non-empty sequence of numbers")
     fracs = [_check_number(f"fractions[{i}]", f, strict=True) for i, f in enumerate(fractions)]
@@ -197,7 +196,7 @@ def few_labels(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Ten
     """Sorted indices of `per_class` seeded examples of each class present in `labels`."""
     labels = _check_labels("labels", labels)
     per_class = _check_int("per_class", per_class, minimum=1)
-    gen = torch.Generator().manual_seed(_check_int("seed", seed))
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
     picked = []
     for cls in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == cls).flatten()
@@ -243,7 +242,7 @@ def make_mlp(
         raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
-            torch.manual_seed(_check_int("seed", seed))
+            torch.manual_seed(check_seed("seed", seed))
         layers: list[nn.Module] = []
         size = in_features
         for width in widths:
@@ -317,7 +316,7 @@ def train_model(
     weight_decay = _check_number("weight_decay", weight_decay)
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size, minimum=1)
-    gen = torch.Generator().manual_seed(_check_int("seed", seed))
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
     if val is not None:
         if not isinstance(val, (tuple, list)) or len(val) != 2:
             raise TypeError("val must be a pair (inputs, labels)")
@@ -344,6 +343,9 @@ def train_model(
                 loss = loss_fn(logits, *(t[rows] for t in target_tuple))
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise ValueError("loss_fn must return a scalar tensor")
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
+                                             "targets and the loss function")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -403,6 +405,7 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> fl
     inputs = _check_inputs("inputs", inputs)
     labels = _check_labels("labels", labels, n=inputs.shape[0])
     logits = predict_logits(model, inputs)
+    labels = _check_labels("labels", labels, n_classes=logits.shape[1])
     return float((logits.argmax(dim=-1) == labels).float().mean())
 
 
@@ -423,7 +426,7 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 def class_similarity(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Mean softmax(logits / T) per true class: row c averages the soft targets of class c."""
+    """Mean softmax(logits / T) per true class: row c averages the soft targets of class c (NaN for an absent class)."""
     from kdhelpers.losses import soft_targets
 
     logits = _check_inputs("logits", logits)

