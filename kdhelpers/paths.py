@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kdhelpers.folders import ensure_folder
+
 
 def project_root() -> Path:
     """The repository root when kdhelpers runs from a checkout, else a per-user cache folder."""
@@ -14,21 +16,20 @@ def project_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kd-course"
 
 
-def _folder(env: str, default: Path) -> Path:
-    """A folder from env var `env`, else `default`; created if missing."""
+def _folder(env: str, default: Path, what: str) -> Path:
+    """A folder from env var `env`, else `default`; created if missing (the error names `env`)."""
     path = Path(os.environ[env]).expanduser() if os.environ.get(env) else default
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return ensure_folder(path, env, what)
 
 
 def data_dir() -> Path:
     """Folder for fetched data sets (env KD_DATA_DIR overrides)."""
-    return _folder("KD_DATA_DIR", project_root() / "data")
+    return _folder("KD_DATA_DIR", project_root() / "data", "data")
 
 
 def results_dir() -> Path:
     """Folder for the JSON results of ad-hoc runs (git-ignored runs/results; env KD_RESULTS_DIR overrides)."""
-    return _folder("KD_RESULTS_DIR", project_root() / "runs" / "results")
+    return _folder("KD_RESULTS_DIR", project_root() / "runs" / "results", "results")
 
 
 def committed_results_dir() -> Path:
@@ -38,12 +39,12 @@ def committed_results_dir() -> Path:
 
 def checkpoints_dir() -> Path:
     """Folder for model checkpoints (env KD_CHECKPOINT_DIR overrides)."""
-    return _folder("KD_CHECKPOINT_DIR", project_root() / "checkpoints")
+    return _folder("KD_CHECKPOINT_DIR", project_root() / "checkpoints", "checkpoint")
 
 
 def cache_dir() -> Path:
     """Folder for cached teacher logits (env KD_CACHE_DIR overrides)."""
-    return _folder("KD_CACHE_DIR", project_root() / ".kd_cache")
+    return _folder("KD_CACHE_DIR", project_root() / ".kd_cache", "cache")
 
 
 def notebooks_dir() -> Path:

@@ -13,7 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from kdhelpers.checkpoints import (
+    CheckpointError,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kdhelpers.models import load_teacher
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
@@ -109,21 +114,10 @@ def load_or_train_teacher(
     retrain: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when it verifies and matches, else trained now (info['reason'] says why)."""
-    import os
-
-    from kdhelpers.checkpoints import CHECKPOINT_ENV, CheckpointError
-    from kdhelpers.folders import unwritable_error
-    from kdhelpers.paths import project_root
-
     # a checkpoint is reused only if its digest verifies and its stored settings and data match;
     # a refused one (damaged, old format without digest, other settings) is retrained and replaced
     stem_name = _teacher_name(settings, splits)
-    if folder is None:
-        try:
-            folder = checkpoints_dir()
-        except OSError as exc:
-            chosen = os.environ.get(CHECKPOINT_ENV) or str(project_root() / "checkpoints")
-            raise unwritable_error(Path(chosen).expanduser(), CHECKPOINT_ENV, "checkpoint", exc) from exc
+    folder = checkpoints_dir() if folder is None else folder  # names KD_CHECKPOINT_DIR if unusable
     stem = Path(folder) / stem_name
     # what the stored record must repeat for the checkpoint to be reused (JSON-normalised)
     wanted = json.loads(json.dumps({k: settings[k] for k in TEACHER_KEYS}, default=str))

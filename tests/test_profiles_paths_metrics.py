@@ -160,3 +160,18 @@ def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
     assert chosen_alpha_temperature("quick", default=(0.5, 2.0)) == (0.5, 2.0, False)
     with pytest.raises(ValueError, match="plain name"):
         load_results("../secrets")
+
+
+@pytest.mark.parametrize("env,getter", [("KD_DATA_DIR", "data_dir"), ("KD_CACHE_DIR", "cache_dir"),
+                                        ("KD_CHECKPOINT_DIR", "checkpoints_dir"),
+                                        ("KD_RESULTS_DIR", "results_dir")])
+def test_impossible_folder_names_its_variable(tmp_path, monkeypatch, env, getter):
+    from kdhelpers.folders import UnwritableFolderError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(env, str(blocker / "inside"))  # a folder under a regular file: even root fails
+    with pytest.raises(UnwritableFolderError) as info:
+        getattr(paths, getter)()
+    message = str(info.value)
+    assert env in message and str(blocker / "inside") in message and "Point" in message
