@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kdhelpers.chapters.recipes import course_data, course_settings, make_student, tokenize_splits
 from kdhelpers.device import get_device, to_device
 from kdhelpers.losses import distillation_loss
 from kdhelpers.metrics import cpu_latency
@@ -36,7 +37,6 @@ from kdhelpers.models import (
     project_teacher_embeddings,
 )
 from kdhelpers.pseudo import predict_logits
-from kdhelpers.recipes import course_data, course_settings, make_student, tokenize_splits
 from kdhelpers.train import (
     TextExamples,
     cross_entropy_loss,

@@ -21,10 +21,10 @@ def _check_float_tensor(name: str, x: object) -> torch.Tensor:
     return x
 
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+LogitLoss = Callable[[torch.Tensor], torch.Tensor]
 
 
-def logit_grad(loss_fn: LossFn, logits: torch.Tensor) -> torch.Tensor:
+def logit_grad(loss_fn: LogitLoss, logits: torch.Tensor) -> torch.Tensor:
     """Gradient of the scalar `loss_fn(logits)` w.r.t. `logits` (on a detached float32 copy)."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (got {type(loss_fn).__name__})")
@@ -38,7 +38,7 @@ def logit_grad(loss_fn: LossFn, logits: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-def logit_grad_norm(loss_fn: LossFn, logits: torch.Tensor) -> float:
+def logit_grad_norm(loss_fn: LogitLoss, logits: torch.Tensor) -> float:
     """Euclidean norm of the gradient of the scalar `loss_fn(logits)` with respect to `logits`."""
     return float(logit_grad(loss_fn, logits).norm())
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 import torch
 
+from kdhelpers import data
 from kdhelpers.device import amp_dtype, get_device
+from kdhelpers.hub import hub_offline_reason
 from kdhelpers.paths import data_dir, results_dir
 
 
@@ -32,36 +30,6 @@ class Check:
         return "ok" if self.ok else ("FIX" if self.required else "note")
 
 
-def hub_offline_reason(timeout_s: float = 2.0) -> str | None:
-    """Why the Hugging Face hub cannot be used right now (None when it answers within `timeout_s`)."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return f"{var} is set"
-    from huggingface_hub import constants
-
-    endpoint = str(constants.ENDPOINT)
-    if not urllib.parse.urlsplit(endpoint).hostname:
-        return f"the hub endpoint {endpoint!r} has no host"
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        request = urllib.request.Request(endpoint, method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)  # the server answered
-        except Exception as exc:  # any other failure means unreachable
-            outcome.append(f"the hub ({endpoint}) is unreachable ({type(exc).__name__})")
-
-    worker = threading.Thread(target=probe, name="kd-hub-probe", daemon=True)
-    worker.start()
-    worker.join(timeout_s + 1.0)  # also bounds DNS look-ups, which ignore the socket timeout
-    if not outcome:
-        return f"the hub ({endpoint}) did not answer within {timeout_s:g} s"
-    return outcome[0]
-
-
 def _teacher_check() -> Check:
     """Is the packaged teacher (all-MiniLM-L6-v2) installed with its weights?"""
     try:
@@ -78,8 +46,6 @@ def _teacher_check() -> Check:
 
 def _data_check() -> Check:
     """Are the course's text corpora fetched and verified?"""
-    from kdhelpers import data  # imported here: kdhelpers.data imports this module
-
     try:
         ok = data.vader_is_fetched()
     except Exception as exc:  # a damaged folder is reported, not raised

@@ -37,6 +37,7 @@ import numpy as np
 
 from kdhelpers import paths
 from kdhelpers.folders import STALE_AFTER_S, UnwritableFolderError, ensure_folder, unwritable_error
+from kdhelpers.hub import hub_offline_reason
 
 try:  # POSIX; elsewhere the atomic rename alone keeps concurrent fetches safe
     import fcntl
@@ -706,7 +707,6 @@ def load_sentiment(
 
 def _hub_unreachable_reason() -> str | None:
     """Why the Hub cannot be used right now (offline env or failed quick probe), else None."""
-    from kdhelpers.checks import hub_offline_reason
 
     return hub_offline_reason(timeout_s=HUB_PROBE_TIMEOUT_S)
 

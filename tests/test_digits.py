@@ -1,4 +1,4 @@
-"""Tests for kdhelpers.digits: data splits, models, the trainer and the held-out-class bias."""
+"""Tests for kdhelpers.chapters.digits: data splits, models, the trainer and the held-out-class bias."""
 
 import inspect
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdhelpers import digits
+from kdhelpers.chapters import digits
 from kdhelpers.losses import distillation_loss
 
 
@@ -141,8 +141,8 @@ def test_without_class_drops_exactly_that_class(data):
 
 
 def test_teacher_is_much_larger_than_student():
-    teacher = digits.make_teacher(64, seed=0)
-    student = digits.make_student(64, seed=0)
+    teacher = digits.make_image_teacher(64, seed=0)
+    student = digits.make_image_student(64, seed=0)
     assert digits.count_parameters(teacher) == 64 * 256 + 256 + 256 * 256 + 256 + 2570
     assert digits.count_parameters(student) == 64 * 16 + 16 + 16 * 10 + 10 == 1210
     assert any(isinstance(m, torch.nn.Dropout) for m in teacher)
@@ -153,12 +153,12 @@ def test_seeded_models_are_identical_and_leave_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = digits.make_student(64, seed=7)
+    a = digits.make_image_student(64, seed=7)
     after = torch.rand(1)
-    b = digits.make_student(64, seed=7)
+    b = digits.make_image_student(64, seed=7)
     assert torch.equal(before, after), "make_mlp must not consume the global RNG"
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    c = digits.make_student(64, seed=8)
+    c = digits.make_image_student(64, seed=8)
     assert not torch.equal(a[0].weight, c[0].weight)
 
 
@@ -191,7 +191,7 @@ def test_train_model_is_deterministic_and_learns():
     assert h1 == h2
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
     assert len(h1["loss"]) == 30 and h1["loss"][-1] < h1["loss"][0] / 4
-    assert digits.evaluate(m1, x, y) == 1.0
+    assert digits.image_accuracy(m1, x, y) == 1.0
     assert not m1.training, "train_model leaves the model in eval mode"
 
 
@@ -214,7 +214,7 @@ def test_train_model_shares_the_loop_with_distillation_loss():
     x, y = toy()
     teacher = digits.make_mlp(4, (16,), 3, seed=1)
     digits.train_model(teacher, x, y, F.cross_entropy, epochs=40, lr=0.05, seed=0)
-    soft = digits.teacher_logits(teacher, x)
+    soft = digits.image_teacher_logits(teacher, x)
     student = digits.make_mlp(4, (4,), 3, seed=2)
 
     def loss(s, t, labels):
@@ -222,7 +222,7 @@ def test_train_model_shares_the_loop_with_distillation_loss():
 
     hist = digits.train_model(student, x, (soft, y), loss, epochs=40, lr=0.05, seed=0)
     assert hist["loss"][-1] < hist["loss"][0]
-    assert digits.evaluate(student, x, y) >= 0.95
+    assert digits.image_accuracy(student, x, y) >= 0.95
 
 
 @pytest.mark.parametrize(
@@ -258,8 +258,8 @@ def test_teacher_logits_use_eval_mode_and_no_grad():
     model = digits.make_mlp(4, (64,), 3, dropout=0.5, seed=0)
     model.train()
     x, _ = toy()
-    a = digits.teacher_logits(model, x)
-    b = digits.teacher_logits(model, x)
+    a = digits.image_teacher_logits(model, x)
+    b = digits.image_teacher_logits(model, x)
     assert torch.equal(a, b), "dropout must be off"
     assert not a.requires_grad
     assert model.training, "the model's mode is restored"
@@ -360,21 +360,21 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
     """A small seeded teacher/student run: the same numbers every time, and distillation works."""
     results = []
     for _ in range(2):
-        teacher = digits.make_teacher(64, hidden=(64,), seed=0)
+        teacher = digits.make_image_teacher(64, hidden=(64,), seed=0)
         digits.train_model(
             teacher, data.x_train, data.y_train, F.cross_entropy,
             epochs=20, lr=3e-3, batch_size=128, seed=0,
         )
-        soft = digits.teacher_logits(teacher, data.x_transfer)
-        student = digits.make_student(64, seed=0)
+        soft = digits.image_teacher_logits(teacher, data.x_transfer)
+        student = digits.make_image_student(64, seed=0)
         digits.train_model(
             student, data.x_transfer, soft,
             lambda s, t: distillation_loss(s, t, None, alpha=0.0, temperature=4.0),
             epochs=60, lr=1e-2, seed=0,
         )
         results.append(
-            (digits.evaluate(teacher, data.x_test, data.y_test),
-             digits.evaluate(student, data.x_test, data.y_test))
+            (digits.image_accuracy(teacher, data.x_test, data.y_test),
+             digits.image_accuracy(student, data.x_test, data.y_test))
         )
     assert results[0] == results[1]
     teacher_acc, student_acc = results[0]
@@ -385,8 +385,8 @@ def test_train_student_is_make_student_plus_train_model() -> None:
     import torch.nn.functional as F
 
     data = digits.load_splits("digits", seed=0)
-    a = digits.train_student(data.x_train, data.y_train, F.cross_entropy, 3, epochs=5)
-    b = digits.make_student(data.n_features, seed=3)
+    a = digits.train_image_student(data.x_train, data.y_train, F.cross_entropy, 3, epochs=5)
+    b = digits.make_image_student(data.n_features, seed=3)
     digits.train_model(b, data.x_train, data.y_train, F.cross_entropy, epochs=5, lr=1e-2, seed=3)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)

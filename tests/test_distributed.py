@@ -1,4 +1,4 @@
-"""kdhelpers.distributed: step normalisation, accumulation, and 2 CPU processes vs 1 (gloo, torchrun)."""
+"""kdhelpers.chapters.distributed: step normalisation, accumulation, and 2 CPU processes vs 1 (gloo, torchrun)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdhelpers.distributed import (
+from kdhelpers.chapters.distributed import (
     DistillConfig,
     distill_accelerate,
     epoch_order,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdhelpers.features import (
+from kdhelpers.chapters.features import (
     FeatureStudent,
     TeacherFeatures,
     make_feature_kd_loss,

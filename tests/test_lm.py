@@ -1,4 +1,4 @@
-"""kdhelpers.lm: character tokenizer, tiny GPT-2 LMs, token-level KD loss with padding, perplexity, sampling."""
+"""kdhelpers.chapters.lm: character tokenizer, tiny GPT-2 LMs, token-level KD loss with padding, perplexity, sampling."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdhelpers import lm
+from kdhelpers.chapters import lm
 from kdhelpers.losses import distillation_loss
 
 TEXTS = ["Hello world.", "A cat sat.", "hello again!"]
@@ -313,7 +313,7 @@ def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
 
 
 def test_course_student_is_train_lm_on_a_fresh_seeded_model(tok):
-    settings = {**lm.PROFILE_SETTINGS["quick"], "student_steps": 4, "eval_every": 2}
+    settings = {**lm.LM_PROFILE_SETTINGS["quick"], "student_steps": 4, "eval_every": 2}
     seqs = tok.encode_batch(["a cat sat", "the dog ran", "a bird flew", "cats and dogs"])
     model, hist = lm.course_student(tok.vocab_size, seqs, seqs[:2], settings, seed=3, device="cpu")
     ref = lm.make_lm(tok.vocab_size, n_positions=settings["max_len"], seed=3, **settings["student"])

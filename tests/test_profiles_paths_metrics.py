@@ -145,8 +145,8 @@ def test_positive_rater_share():
 
 
 def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
+    from kdhelpers.chapters.recipes import chosen_alpha_temperature
     from kdhelpers.metrics import load_results, save_results
-    from kdhelpers.recipes import chosen_alpha_temperature
 
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr("kdhelpers.metrics.committed_results_dir", lambda: tmp_path / "none")

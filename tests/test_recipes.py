@@ -3,9 +3,14 @@
 import pytest
 import torch
 
+from kdhelpers.chapters.recipes import (
+    load_or_train_teacher,
+    split_accuracy,
+    teacher_logits,
+    tokenize_splits,
+)
 from kdhelpers.data import load_sentiment
 from kdhelpers.models import load_teacher
-from kdhelpers.recipes import load_or_train_teacher, split_accuracy, teacher_logits, tokenize_splits
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
 
 
 def test_transfer_set_keeps_train_labels_and_hides_the_rest():
-    from kdhelpers.recipes import TextSplit, transfer_set
+    from kdhelpers.chapters.recipes import TextSplit, transfer_set
 
     def split(prefix, n, label):
         return TextSplit([f"{prefix}{i}" for i in range(n)], ["t"] * n, [[101, 5 + i, 6, 102] for i in range(n)],
@@ -73,7 +78,7 @@ def test_transfer_set_keeps_train_labels_and_hides_the_rest():
 def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(splits, tmp_path, monkeypatch):
     import json
 
-    from kdhelpers import recipes
+    from kdhelpers.chapters import recipes
 
     calls = []
     monkeypatch.setattr(recipes, "fit", lambda *a, **k: calls.append(k["lr"]) or {"epochs": 0})

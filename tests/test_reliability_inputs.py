@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdhelpers import digits, lm
+from kdhelpers.chapters import digits, lm
+from kdhelpers.chapters.recipes import make_student
 from kdhelpers.losses import (
     attention_transfer_loss,
     distillation_loss,
@@ -24,7 +25,6 @@ from kdhelpers.metrics import (
     reliability_bins,
 )
 from kdhelpers.models import BagOfEmbeddingsStudent, CNNStudent, tiny_bert_student
-from kdhelpers.recipes import make_student
 from kdhelpers.train import (
     TextExamples,
     cross_entropy_loss,
@@ -161,7 +161,7 @@ def test_text_examples_keep_integer_labels_of_any_int_type():
 @pytest.mark.parametrize("seed,exc", [(1.5, TypeError), (True, TypeError), ("1", TypeError), (-1, ValueError),
                                       (2**63, ValueError), (2**64, ValueError)])
 def test_seeds_are_ints_in_range_everywhere(seed, exc):
-    for build in (lambda: make_student("bag", 50, seed=seed), lambda: digits.make_student(4, seed=seed),
+    for build in (lambda: make_student("bag", 50, seed=seed), lambda: digits.make_image_student(4, seed=seed),
                   lambda: lm.make_lm(8, n_layer=1, n_embd=8, n_head=2, seed=seed),
                   lambda: make_loader(TextExamples([[1]], [0]), 1, shuffle=True, seed=seed)):
         with pytest.raises(exc, match="seed"):
@@ -441,8 +441,8 @@ def test_digits_helpers_refuse_nan_losses_and_out_of_range_labels():
         digits.train_model(nn.Linear(3, 2), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]),
                            lambda logits, y: logits.sum() * float("nan"), epochs=1)
     with pytest.raises(ValueError, match="labels"):
-        digits.evaluate(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 5]))
-    assert digits.evaluate(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 1], dtype=torch.int8)) in (0, 0.5, 1)
+        digits.image_accuracy(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 5]))
+    assert digits.image_accuracy(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 1], dtype=torch.int8)) in (0, 0.5, 1)
 
 
 # ---------------------------------------------------------------- checkpoints

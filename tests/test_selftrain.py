@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from kdhelpers.models import BagOfEmbeddingsStudent
-from kdhelpers.recipes import TextSplit, make_student
-from kdhelpers.selftrain import (
+from kdhelpers.chapters.recipes import TextSplit, make_student
+from kdhelpers.chapters.selftrain import (
     clean_logits,
     drop_tokens,
     noisy_student_round,
     noisy_student_set,
     unlabelled_pool,
 )
+from kdhelpers.models import BagOfEmbeddingsStudent
 
 
 def test_drop_tokens_exact_seeded_values():

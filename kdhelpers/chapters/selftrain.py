@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdhelpers.recipes import TextSplit, train_student
+from kdhelpers.chapters.recipes import TextSplit, concat_splits, train_student
+from kdhelpers.pseudo import predict_logits
 from kdhelpers.train import TextExamples, make_kd_loss
 
 
@@ -45,7 +46,6 @@ def _check_copies(n_copies: object) -> int:
 
 def unlabelled_pool(*parts: TextSplit) -> TextSplit:
     """The splits' texts as one split with every gold label hidden (-1): text a teacher may label, never train on."""
-    from kdhelpers.recipes import concat_splits
 
     if not parts:
         raise ValueError("unlabelled_pool needs at least one split")
@@ -97,7 +97,6 @@ def clean_logits(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """A model's logits on a split (or token-id lists) without noise: eval mode, no dropout, original ids."""
-    from kdhelpers.pseudo import predict_logits
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
@@ -158,7 +157,7 @@ def noisy_student_round(
     used for selection). Returns the trained student and its history.
     """
     if not isinstance(pool, TextSplit) or not isinstance(validation, TextSplit):
-        raise TypeError("pool and validation must be TextSplit objects (kdhelpers.recipes.tokenize_splits)")
+        raise TypeError("pool and validation must be TextSplit objects (kdhelpers.chapters.recipes.tokenize_splits)")
     data = noisy_student_set(pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=seed)
     student = new_student()
     if not isinstance(student, nn.Module):

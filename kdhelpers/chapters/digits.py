@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdhelpers.losses import soft_targets
 from kdhelpers.models import count_parameters  # noqa: F401  (re-exported for chapter 01)
 from kdhelpers.validate import (
     check_class_labels,
@@ -254,7 +255,7 @@ def make_mlp(
         return nn.Sequential(*layers)
 
 
-def make_teacher(
+def make_image_teacher(
     in_features: int,
     n_classes: int = 10,
     hidden: Sequence[int] = (256, 256),
@@ -265,7 +266,7 @@ def make_teacher(
     return make_mlp(in_features, hidden, n_classes, dropout, seed)
 
 
-def make_student(
+def make_image_student(
     in_features: int, n_classes: int = 10, hidden: Sequence[int] = (16,), seed: int | None = None
 ) -> nn.Sequential:
     """The small model: one narrow hidden layer, no dropout."""
@@ -354,12 +355,12 @@ def train_model(
                 seen += count
             history["loss"].append(total / seen)
             if val is not None:
-                history["val accuracy"].append(evaluate(model, x_val, y_val))
+                history["val accuracy"].append(image_accuracy(model, x_val, y_val))
     model.eval()
     return history
 
 
-def train_student(
+def train_image_student(
     inputs: torch.Tensor,
     targets: torch.Tensor | Sequence[torch.Tensor],
     loss_fn: Callable[..., torch.Tensor],
@@ -369,14 +370,14 @@ def train_student(
     lr: float = 1e-2,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """A fresh seeded student (make_student) trained on (inputs, targets) with loss_fn; returns it."""
-    student = make_student(inputs.shape[1], seed=seed).to(device)
+    """A fresh seeded student (make_image_student) trained on (inputs, targets) with loss_fn; returns it."""
+    student = make_image_student(inputs.shape[1], seed=seed).to(device)
     train_model(student, inputs, targets, loss_fn, epochs=epochs, lr=lr, seed=seed)
     return student
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_image_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Logits of `model` on `inputs` in eval mode under torch.no_grad(), on the CPU."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
@@ -395,16 +396,16 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 409
     return torch.cat(chunks)
 
 
-def teacher_logits(teacher: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def image_teacher_logits(teacher: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for `inputs` (eval mode, no gradients): the distillation targets."""
-    return predict_logits(teacher, inputs)
+    return predict_image_logits(teacher, inputs)
 
 
-def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+def image_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of `model` on (inputs, labels)."""
     inputs = _check_inputs("inputs", inputs)
     labels = _check_labels("labels", labels, n=inputs.shape[0])
-    logits = predict_logits(model, inputs)
+    logits = predict_image_logits(model, inputs)
     labels = _check_labels("labels", labels, n_classes=logits.shape[1])
     return float((logits.argmax(dim=-1) == labels).float().mean())
 
@@ -427,7 +428,6 @@ def class_similarity(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Mean softmax(logits / T) per true class: row c averages the soft targets of class c (NaN for an absent class)."""
-    from kdhelpers.losses import soft_targets
 
     logits = _check_inputs("logits", logits)
     labels = _check_labels("labels", labels, n=logits.shape[0])

@@ -13,16 +13,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdhelpers.augment import augment_token_ids
+from kdhelpers.chapters.compress import compressed_report
 from kdhelpers.checkpoints import (
     CheckpointError,
     checkpoint_paths,
     load_checkpoint,
     save_checkpoint,
 )
-from kdhelpers.models import load_teacher
+from kdhelpers.data import load_sentiment
+from kdhelpers.metrics import load_results
+from kdhelpers.models import (
+    BagOfEmbeddingsStudent,
+    CNNStudent,
+    init_embeddings_from_teacher,
+    load_teacher,
+    tiny_bert_student,
+)
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
 from kdhelpers.train import TextExamples, evaluate, fit, make_loader, tokenize_texts
+from kdhelpers.validate import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +63,6 @@ def course_settings(profile: str, seed: int = 0, domain: str = "movies") -> dict
 
 def course_data(settings: Mapping[str, Any]) -> Any:
     """The DatasetDict for `settings` (kdhelpers.data.load_sentiment, unlabelled pool trimmed if asked)."""
-    from kdhelpers.data import load_sentiment
 
     ds = load_sentiment(settings["domain"], seed=settings["seed"], n_train=settings["n_train"],
                         n_validation=settings.get("n_validation"), n_test=settings.get("n_test"))
@@ -187,7 +197,6 @@ def split_accuracy(model: nn.Module, split: TextSplit, device: torch.device | st
 def augmented_split(split: TextSplit, n_copies: int, mask_id: int, seed: int = 0,
                     special_ids: tuple[int, ...] = (101, 102)) -> TextSplit:
     """Noisy copies of a split's token ids (masking, n-gram cuts) as a new, unlabelled split."""
-    from kdhelpers.augment import augment_token_ids
 
     ids = augment_token_ids(split.input_ids, n_copies=n_copies, mask_id=mask_id, special_ids=special_ids, seed=seed)
     names = [f"aug{k}:{i}" for i in split.ids for k in range(n_copies)]
@@ -218,7 +227,6 @@ def transfer_set(splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int,
 
 def chosen_alpha_temperature(profile: str, default: tuple[float, float] = (0.1, 4.0)) -> tuple[float, float, bool]:
     """alpha and T that chapter 05's sweep chose for `profile` (from its results file), else `default`; and which."""
-    from kdhelpers.metrics import load_results
 
     record = load_results("05_distillation", profile)
     if record:
@@ -232,13 +240,6 @@ STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
 def make_student(kind: str, vocab_size: int, teacher: nn.Module | torch.Tensor | None = None, seed: int = 0,
                  **sizes: Any) -> nn.Module:
     """A fresh seeded student: 'bag', 'cnn' or 'tiny-bert'; word embeddings from the teacher (or a projected table) when given."""
-    from kdhelpers.models import (
-        BagOfEmbeddingsStudent,
-        CNNStudent,
-        init_embeddings_from_teacher,
-        tiny_bert_student,
-    )
-    from kdhelpers.validate import check_seed
 
     if kind not in STUDENT_KINDS:
         raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
@@ -276,15 +277,7 @@ def train_student(
 
 def model_report(model: nn.Module, name: str, test: TextSplit, device: torch.device | str,
                  repeats: int = 20) -> dict[str, Any]:
-    """Test accuracy, parameters, size and CPU latency (batch 1 and 64) of one model."""
-    from kdhelpers.metrics import cpu_latency
-    from kdhelpers.models import count_parameters, model_size_mb
-
-    acc = split_accuracy(model, test, device)
-    cpu = model.to("cpu")
-    sample = test.input_ids[:64]
-    b1 = cpu_latency(cpu, sample, batch_size=1, repeats=repeats, warmup=3)
-    b64 = cpu_latency(cpu, sample, batch_size=64, repeats=max(3, repeats // 4), warmup=1)
-    model.to(device)
-    return {"name": name, "accuracy": acc, "params_m": count_parameters(model) / 1e6,
-            "size_mb": model_size_mb(model), "latency_b1_ms": b1["median_ms"], "latency_b64_ms": b64["median_ms"]}
+    """Test accuracy, parameters, size and CPU latency (batch 1 and 64) of one float model (compressed_report's row)."""
+    row, _ = compressed_report(model, name, test.input_ids, test.gold, device, repeats=repeats)
+    row.pop("int8")
+    return row

@@ -12,6 +12,7 @@ from torch import nn
 from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of
+from kdhelpers.pseudo import length_sorted_batches
 from kdhelpers.train import LossFn, make_kd_loss, pad_collate, progress_bar
 from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
 
@@ -131,7 +132,6 @@ def teacher_features(
     progress: bool = False,
 ) -> TeacherFeatures:
     """Hidden states and head-averaged attention maps of the frozen teacher (eval mode, no gradients), kept on the CPU."""
-    from kdhelpers.pseudo import length_sorted_batches
 
     input_ids = check_token_lists("input_ids", input_ids)
     if len(input_ids) == 0:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import distillation_loss
 from kdhelpers.paths import checkpoints_dir
@@ -65,7 +66,7 @@ def _check_sequences(name: str, seqs: object) -> list[list[int]]:
 
 
 #: Sizes per profile for chapter 10 and its solutions (so both use one teacher checkpoint).
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+LM_PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "quick": dict(teacher_snippets=2000, student_snippets=150, val_snippets=150, test_snippets=150, max_len=64,
                   teacher=dict(n_layer=1, n_embd=48, n_head=2), student=dict(n_layer=1, n_embd=32, n_head=2),
                   tiny=dict(n_layer=1, n_embd=16, n_head=2), teacher_steps=60, teacher_batch=32,
@@ -100,7 +101,6 @@ def course_texts(
     test_snippets: int | None = None,
 ) -> dict[str, list[str]]:
     """The snippets of the four VADER corpora without labels: 'teacher' (train + unlabeled), 'student' (a sample of train), 'validation', 'test'."""
-    from kdhelpers.data import VADER_DOMAINS, load_sentiment
 
     check_seed("seed", seed)
     splits: dict[str, list[str]] = {name: [] for name in ("train", "unlabeled", "validation", "test")}
@@ -568,11 +568,11 @@ def course_teacher(
     device: torch.device | str | None = None,
     folder: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Chapter 10's teacher LM (`settings` from PROFILE_SETTINGS): loaded from its checkpoint, else trained and saved."""
+    """Chapter 10's teacher LM (`settings` from LM_PROFILE_SETTINGS): loaded from its checkpoint, else trained and saved."""
     keys = ("teacher", "teacher_steps", "teacher_batch", "lr", "max_len")
     missing = [k for k in keys if k not in settings]
     if missing:
-        raise ValueError(f"settings lack {missing} (see kdhelpers.lm.PROFILE_SETTINGS)")
+        raise ValueError(f"settings lack {missing} (see kdhelpers.chapters.lm.LM_PROFILE_SETTINGS)")
     model = make_lm(vocab_size, n_positions=settings["max_len"], dropout=0.0, seed=seed, **settings["teacher"])
     key = {k: settings[k] for k in keys}
     name = f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
@@ -601,7 +601,7 @@ def course_student(
     keys = ("student", "max_len", "student_steps", "batch_size", "lr", "eval_every")
     missing = [k for k in keys if k not in settings]
     if missing:
-        raise ValueError(f"settings lack {missing} (see kdhelpers.lm.PROFILE_SETTINGS)")
+        raise ValueError(f"settings lack {missing} (see kdhelpers.chapters.lm.LM_PROFILE_SETTINGS)")
     model = make_lm(vocab_size, n_positions=settings["max_len"], seed=seed, **(sizes or settings["student"]))
     history = train_lm(model, train_seqs, steps=settings["student_steps"], batch_size=settings["batch_size"],
                        lr=settings["lr"], teacher_logits=teacher_logits, alpha=alpha, temperature=temperature,

@@ -13,6 +13,10 @@ import torch.ao.nn.quantized as nnq
 import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 
+from kdhelpers.metrics import accuracy, cpu_latency
+from kdhelpers.models import model_size_mb
+from kdhelpers.pseudo import predict_logits
+
 
 class QuantizedEmbedding(nnq.Embedding):
     """PyTorch's weight-only 8-bit embedding table, made to accept non-contiguous indices (BERT slices its position ids)."""
@@ -112,9 +116,6 @@ def compressed_report(
 
     Quantized models are evaluated on the CPU whatever `device` is; b64_repeats defaults to max(3, repeats // 4).
     """
-    from kdhelpers.metrics import accuracy, cpu_latency
-    from kdhelpers.models import model_size_mb
-    from kdhelpers.pseudo import predict_logits
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
@@ -141,7 +142,6 @@ def compressed_report(
 
 def prediction_changes(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """How `other` logits differ from `reference` on labelled rows: accuracies, agreement, predictions fixed and broken, McNemar z."""
-    from kdhelpers.metrics import accuracy
 
     for name, t in (("reference", reference), ("other", other)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
