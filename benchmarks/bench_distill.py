@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kdhelpers.batching import TextExamples, make_loader
 from kdhelpers.chapters.recipes import course_data, course_settings, make_student, tokenize_splits
 from kdhelpers.device import get_device, to_device
 from kdhelpers.losses import distillation_loss
@@ -37,13 +38,7 @@ from kdhelpers.models import (
     project_teacher_embeddings,
 )
 from kdhelpers.pseudo import predict_logits
-from kdhelpers.train import (
-    TextExamples,
-    cross_entropy_loss,
-    forward_logits,
-    make_kd_loss,
-    make_loader,
-)
+from kdhelpers.train import cross_entropy_loss, forward_logits, make_kd_loss
 
 HERE = Path(__file__).resolve().parent
 

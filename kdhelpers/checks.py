@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kdhelpers import data
 from kdhelpers.device import amp_dtype, get_device
+from kdhelpers.fetch import vader_is_fetched
 from kdhelpers.hub import hub_offline_reason
 from kdhelpers.paths import data_dir, results_dir
 
@@ -47,7 +47,7 @@ def _teacher_check() -> Check:
 def _data_check() -> Check:
     """Are the course's text corpora fetched and verified?"""
     try:
-        ok = data.vader_is_fetched()
+        ok = vader_is_fetched()
     except Exception as exc:  # a damaged folder is reported, not raised
         return Check("course data", False, f"could not read {data_dir().name}/: {exc}",
                      "python -m kdhelpers.data fetch")

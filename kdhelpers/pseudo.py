@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdhelpers.batching import pad_collate
 from kdhelpers.checkpoints import tensor_digest
 from kdhelpers.device import autocast, get_device
 from kdhelpers.folders import ensure_folder, make_temp, remove_stale_temp, unwritable_error
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import logits_of
-from kdhelpers.train import pad_collate, progress_bar
+from kdhelpers.progress import progress_bar
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from kdhelpers.batching import TextExamples
 from kdhelpers.chapters.distributed import (
     DistillConfig,
     distill_accelerate,
@@ -41,7 +42,6 @@ from kdhelpers.chapters.recipes import (
 from kdhelpers.models import load_teacher, project_teacher_embeddings, without_dropout
 from kdhelpers.paths import cache_dir
 from kdhelpers.profiles import choose
-from kdhelpers.train import TextExamples
 
 DEFAULTS = {
     "quick": dict(aug_copies=0, epochs=2, batch_size=32, lr=3e-3),

@@ -10,8 +10,8 @@ import pytest
 
 from kdhelpers import course
 from kdhelpers.course import clean_notebook, main, run
-from kdhelpers.metrics import load_results, save_results
 from kdhelpers.paths import committed_results_dir, project_root, results_dir
+from kdhelpers.results import load_results, save_results
 
 
 def _tiny_notebook(path, body):
@@ -35,7 +35,7 @@ def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypat
     books.mkdir()
     _tiny_notebook(books / "01_fails.ipynb", "raise RuntimeError('boom in a cell')")
     _tiny_notebook(books / "02_works.ipynb",
-                   "from kdhelpers.metrics import save_results\n"
+                   "from kdhelpers.results import save_results\n"
                    "save_results('02_works', {'answer': 42}, PROFILE)")
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.delenv("KD_RESULTS_DIR", raising=False)

@@ -18,16 +18,14 @@ from pathlib import Path
 import pytest
 
 from kdhelpers import data as kd_data
+from kdhelpers import fetch as kd_fetch
 from kdhelpers import paths
-from kdhelpers.data import (
-    DEFAULT_SPLIT_SIZES,
-    VADER_DOMAINS,
+from kdhelpers.data import DEFAULT_SPLIT_SIZES, VADER_DOMAINS, load_sentiment, load_vader_corpus
+from kdhelpers.fetch import (
     ChecksumMismatchError,
     DataFetchError,
     HubUnavailableError,
     fetch_vader_corpora,
-    load_sentiment,
-    load_vader_corpus,
     vader_is_fetched,
 )
 
@@ -49,7 +47,7 @@ def vader_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if local:
         return Path(local)
     try:
-        return kd_data._pip_download(tmp_path_factory.mktemp("sdist"), timeout_s=180)
+        return kd_fetch._pip_download(tmp_path_factory.mktemp("sdist"), timeout_s=180)
     except DataFetchError as exc:
         pytest.skip(f"pip cannot download the vaderSentiment sdist (offline?): {str(exc)[:200]}")
 
@@ -232,7 +230,7 @@ def test_bad_domain_and_sizes_raise(vader_root: Path) -> None:
 def test_checksum_mismatch_raises(tmp_path: Path) -> None:
     fake = tmp_path / "vaderSentiment-3.3.2.tar.gz"
     fake.write_bytes(b"not the release" * 100)
-    with pytest.raises(ChecksumMismatchError, match=kd_data.VADER_SDIST_SHA256) as info:
+    with pytest.raises(ChecksumMismatchError, match=kd_fetch.VADER_SDIST_SHA256) as info:
         fetch_vader_corpora(tmp_path / "data", sdist_path=fake)
     assert isinstance(info.value, DataFetchError) and isinstance(info.value, RuntimeError)
     assert not (tmp_path / "data" / "vader").exists()
@@ -257,15 +255,15 @@ def test_offline_pip_failure_explains_what_to_do(tmp_path: Path, monkeypatch) ->
 def test_fetch_is_noop_when_verified(tmp_path: Path, vader_sdist: Path, monkeypatch) -> None:
     target = fetch_vader_corpora(tmp_path, sdist_path=vader_sdist)
     manifest = json.loads((target / "manifest.json").read_text())
-    assert manifest["sdist_sha256"] == kd_data.VADER_SDIST_SHA256
-    assert {n: e["sha256"] for n, e in manifest["files"].items()} == dict(kd_data.VADER_FILES)
+    assert manifest["sdist_sha256"] == kd_fetch.VADER_SDIST_SHA256
+    assert {n: e["sha256"] for n, e in manifest["files"].items()} == dict(kd_fetch.VADER_FILES)
     stamp = (target / "manifest.json").stat().st_mtime_ns
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a verified folder must not be fetched again")
 
-    monkeypatch.setattr(kd_data, "_pip_download", forbidden)
-    monkeypatch.setattr(kd_data, "_extract_corpora", forbidden)
+    monkeypatch.setattr(kd_fetch, "_pip_download", forbidden)
+    monkeypatch.setattr(kd_fetch, "_extract_corpora", forbidden)
     assert fetch_vader_corpora(tmp_path) == target
     assert (target / "manifest.json").stat().st_mtime_ns == stamp
 
@@ -273,7 +271,7 @@ def test_fetch_is_noop_when_verified(tmp_path: Path, vader_sdist: Path, monkeypa
 def test_interrupted_extraction_leaves_nothing_trusted(
     tmp_path: Path, vader_sdist: Path, monkeypatch
 ) -> None:
-    real_write = kd_data._write_file
+    real_write = kd_fetch._write_file
     calls = []
 
     def crash_on_third(path: Path, data: bytes) -> None:
@@ -283,13 +281,13 @@ def test_interrupted_extraction_leaves_nothing_trusted(
             raise KeyboardInterrupt("simulated interruption")  # ... then the run dies
         real_write(path, data)
 
-    monkeypatch.setattr(kd_data, "_write_file", crash_on_third)
+    monkeypatch.setattr(kd_fetch, "_write_file", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         fetch_vader_corpora(tmp_path, sdist_path=vader_sdist)
     assert not (tmp_path / "vader").exists()
     assert leftovers(tmp_path) == []
     assert not vader_is_fetched(tmp_path)
-    monkeypatch.setattr(kd_data, "_write_file", real_write)
+    monkeypatch.setattr(kd_fetch, "_write_file", real_write)
     fetch_vader_corpora(tmp_path, sdist_path=vader_sdist)
     assert vader_is_fetched(tmp_path)
 
@@ -323,10 +321,10 @@ def test_corrupted_files_trigger_refetch(
         (target / "manifest.json").write_text("{not json")
     assert not vader_is_fetched(tmp_path)
     # a default fetch would use pip; hand it the local sdist instead to stay fast and offline
-    monkeypatch.setattr(kd_data, "_pip_download", lambda dest, timeout_s=600.0: vader_sdist)
+    monkeypatch.setattr(kd_fetch, "_pip_download", lambda dest, timeout_s=600.0: vader_sdist)
     assert len(load_vader_corpus("tweets", data_dir=tmp_path)) == RAW_ROWS["tweets"]
     assert vader_is_fetched(tmp_path)
-    assert kd_data._sha256_file(victim) == kd_data.VADER_FILES[victim.name]
+    assert kd_fetch._sha256_file(victim) == kd_fetch.VADER_FILES[victim.name]
 
 
 def test_concurrent_fetches_end_in_a_correct_manifest(tmp_path: Path, vader_sdist: Path) -> None:
@@ -342,13 +340,13 @@ def test_concurrent_fetches_end_in_a_correct_manifest(tmp_path: Path, vader_sdis
     assert vader_is_fetched(tmp_path)
     assert leftovers(tmp_path) == []
     manifest = json.loads((tmp_path / "vader" / "manifest.json").read_text())
-    assert set(manifest["files"]) == set(kd_data.VADER_FILES)
+    assert set(manifest["files"]) == set(kd_fetch.VADER_FILES)
 
 
 def test_sha256_recorded_in_readme() -> None:
     readme = (REPO / "data" / "README.md").read_text(encoding="utf-8")
-    assert kd_data.VADER_SDIST_SHA256 in readme
-    assert kd_data.VADER_INNER_SHA256 in readme
+    assert kd_fetch.VADER_SDIST_SHA256 in readme
+    assert kd_fetch.VADER_INNER_SHA256 in readme
     assert "pypi.org" not in readme.lower() and "pythonhosted" not in readme.lower()
 
 
@@ -469,7 +467,7 @@ def _look_alike_sdist(folder: Path, marker: Path) -> Path:
         "PKG-INFO": "Metadata-Version: 2.1\nName: vaderSentiment\nVersion: 3.3.2\n",
     }
     folder.mkdir(parents=True, exist_ok=True)
-    sdist = folder / kd_data.VADER_SDIST_NAME
+    sdist = folder / kd_fetch.VADER_SDIST_NAME
     with tarfile.open(sdist, "w:gz") as archive:
         for name, text in files.items():
             data = text.encode()
@@ -493,7 +491,7 @@ def test_a_look_alike_sdist_is_refused_before_any_of_its_code_runs(tmp_path: Pat
     marker = tmp_path / "code-ran.txt"
     _look_alike_sdist(tmp_path / "index", marker)
     _offline_index(monkeypatch, tmp_path / "index")
-    with pytest.raises(ChecksumMismatchError, match=kd_data.VADER_SDIST_SHA256) as info:
+    with pytest.raises(ChecksumMismatchError, match=kd_fetch.VADER_SDIST_SHA256) as info:
         fetch_vader_corpora(tmp_path / "data")
     assert "nothing from it was run" in str(info.value)
     assert not marker.exists(), "pip ran the archive's build code before checking its hash"
@@ -502,10 +500,10 @@ def test_a_look_alike_sdist_is_refused_before_any_of_its_code_runs(tmp_path: Pat
 
 def test_pip_runs_in_hash_checking_mode(tmp_path: Path) -> None:
     req = tmp_path / "r.txt"
-    cmd = kd_data._pip_command(tmp_path, req)
+    cmd = kd_fetch._pip_command(tmp_path, req)
     assert {"--no-deps", "--require-hashes"} <= set(cmd)
     assert cmd[cmd.index("--requirement") + 1] == str(req)
-    assert kd_data.VADER_REQUIREMENT not in cmd  # the pinned line with its hash lives in the file
+    assert kd_fetch.VADER_REQUIREMENT not in cmd  # the pinned line with its hash lives in the file
 
 
 def _gone(pid: int) -> bool:
@@ -542,7 +540,7 @@ def test_interrupted_download_kills_pip_and_its_helpers(tmp_path: Path, monkeypa
 
     pid_file = tmp_path / "pids"
     sleeper = [sys.executable, "-c", _SLEEPER, str(pid_file)]
-    monkeypatch.setattr(kd_data, "_pip_command", lambda dest, req: sleeper)
+    monkeypatch.setattr(kd_fetch, "_pip_command", lambda dest, req: sleeper)
 
     def interrupt() -> None:
         _wait_for_pids(pid_file)
@@ -550,7 +548,7 @@ def test_interrupted_download_kills_pip_and_its_helpers(tmp_path: Path, monkeypa
 
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        kd_data._pip_download(tmp_path, timeout_s=60)
+        kd_fetch._pip_download(tmp_path, timeout_s=60)
     pids = _wait_for_pids(pid_file)
     deadline = time.monotonic() + 10
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
@@ -563,7 +561,7 @@ def test_pip_dies_with_a_killed_parent(tmp_path: Path) -> None:
     pid_file = tmp_path / "pids"
     code = _SLEEPER
     parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys\nfrom kdhelpers import data\n"
+        "import sys\nfrom kdhelpers import fetch as data\n"
         f"data._run_killable([sys.executable, '-c', {code!r}, {str(pid_file)!r}], 120)\n"
     )], env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

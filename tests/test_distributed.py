@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdhelpers.batching import TextExamples
 from kdhelpers.chapters.distributed import (
     DistillConfig,
     distill_accelerate,
@@ -21,7 +22,7 @@ from kdhelpers.chapters.distributed import (
 )
 from kdhelpers.models import BagOfEmbeddingsStudent, without_dropout
 from kdhelpers.paths import project_root
-from kdhelpers.train import TextExamples, make_kd_loss
+from kdhelpers.train import make_kd_loss
 
 #: Two CPU processes must reproduce one process up to float32 summation order.
 WEIGHT_TOLERANCE = 1e-4

@@ -275,7 +275,7 @@ def test_generation_speeds_interleaved(tok, monkeypatch):
         calls.append(("a" if model is a else "b", n, max_new_tokens, kw["seed"]))
         return real(model, n, max_new_tokens, **kw)
 
-    monkeypatch.setattr(lm, "sample", recording_sample)
+    monkeypatch.setattr(lm.generation, "sample", recording_sample)  # where generation_speeds looks it up
     res = lm.generation_speeds({"a": a, "b": b}, new_tokens=3, batch_size=2, rounds=3, device="cpu")
     assert list(res) == ["a", "b"]
     # one warm-up each, then round-robin, every other round reversed

@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 
+from kdhelpers.batching import TextExamples, make_loader, pad_collate
 from kdhelpers.checkpoints import load_checkpoint, save_checkpoint
 from kdhelpers.models import (
     BagOfEmbeddingsStudent,
@@ -16,16 +17,7 @@ from kdhelpers.models import (
     model_size_mb,
     tiny_bert_student,
 )
-from kdhelpers.train import (
-    TextExamples,
-    cross_entropy_loss,
-    evaluate,
-    fit,
-    make_kd_loss,
-    make_loader,
-    pad_collate,
-    warmup_linear_schedule,
-)
+from kdhelpers.train import cross_entropy_loss, evaluate, fit, make_kd_loss, warmup_linear_schedule
 
 
 @pytest.fixture(scope="module")

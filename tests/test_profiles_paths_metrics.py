@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kdhelpers import paths
-from kdhelpers.metrics import accuracy, save_results
+from kdhelpers.metrics import accuracy
 from kdhelpers.profiles import choose, resolve_profile
+from kdhelpers.results import save_results
 
 
 def test_resolve_profile():
@@ -116,7 +117,7 @@ def test_clean_notebook_drops_progress_bars_and_paths():
 
 
 def test_progress_bar_respects_env(monkeypatch):
-    from kdhelpers.train import progress_bar
+    from kdhelpers.progress import progress_bar
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert progress_bar(range(3), "x").disable
@@ -146,10 +147,10 @@ def test_positive_rater_share():
 
 def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
     from kdhelpers.chapters.recipes import chosen_alpha_temperature
-    from kdhelpers.metrics import load_results, save_results
+    from kdhelpers.results import load_results, save_results
 
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
-    monkeypatch.setattr("kdhelpers.metrics.committed_results_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr("kdhelpers.results.committed_results_dir", lambda: tmp_path / "none")
     assert load_results("05_distillation") == {}
     assert chosen_alpha_temperature("standard") == (0.1, 4.0, False)
     save_results("05_distillation", {"alpha": 0.0, "temperature": 8.0}, "standard")

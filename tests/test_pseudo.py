@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kdhelpers.batching import TextExamples, make_loader
 from kdhelpers.models import BagOfEmbeddingsStudent
 from kdhelpers.pseudo import (
     cache_logits,
@@ -14,7 +15,6 @@ from kdhelpers.pseudo import (
     quality_by_confidence,
     soft_labels,
 )
-from kdhelpers.train import TextExamples, make_loader
 
 
 def tiny_teacher(seed=0):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdhelpers.batching import TextExamples, make_loader, tokenize_texts
 from kdhelpers.chapters import digits, lm
 from kdhelpers.chapters.recipes import make_student
 from kdhelpers.losses import (
@@ -25,16 +26,7 @@ from kdhelpers.metrics import (
     reliability_bins,
 )
 from kdhelpers.models import BagOfEmbeddingsStudent, CNNStudent, tiny_bert_student
-from kdhelpers.train import (
-    TextExamples,
-    cross_entropy_loss,
-    evaluate,
-    fit,
-    make_kd_loss,
-    make_loader,
-    tokenize_texts,
-    warmup_linear_schedule,
-)
+from kdhelpers.train import cross_entropy_loss, evaluate, fit, make_kd_loss, warmup_linear_schedule
 from kdhelpers.validate import check_seed
 
 mpmath.mp.dps = 150

@@ -27,16 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from kdhelpers.batching import TextExamples, pad_collate
 from kdhelpers.device import pin_memory_default
 from kdhelpers.losses import kd_kl
+from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import CachedLogits, cache_logits
-from kdhelpers.train import (
-    TextExamples,
-    forward_logits,
-    pad_collate,
-    progress_bar,
-    warmup_linear_schedule,
-)
+from kdhelpers.train import forward_logits, warmup_linear_schedule
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdhelpers.batching import pad_collate
 from kdhelpers.device import autocast, get_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of
+from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import length_sorted_batches
-from kdhelpers.train import LossFn, make_kd_loss, pad_collate, progress_bar
+from kdhelpers.train import LossFn, make_kd_loss
 from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
 
 #: What a student matches besides the teacher's logits: nothing, hidden states (MSE or cosine), attention maps.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdhelpers.augment import augment_token_ids
+from kdhelpers.batching import TextExamples, make_loader, tokenize_texts
 from kdhelpers.chapters.compress import compressed_report
 from kdhelpers.checkpoints import (
     CheckpointError,
@@ -22,7 +23,6 @@ from kdhelpers.checkpoints import (
     save_checkpoint,
 )
 from kdhelpers.data import load_sentiment
-from kdhelpers.metrics import load_results
 from kdhelpers.models import (
     BagOfEmbeddingsStudent,
     CNNStudent,
@@ -32,7 +32,8 @@ from kdhelpers.models import (
 )
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
-from kdhelpers.train import TextExamples, evaluate, fit, make_loader, tokenize_texts
+from kdhelpers.results import load_results
+from kdhelpers.train import evaluate, fit
 from kdhelpers.validate import check_seed
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdhelpers.batching import TextExamples
 from kdhelpers.chapters.recipes import TextSplit, concat_splits, train_student
 from kdhelpers.pseudo import predict_logits
-from kdhelpers.train import TextExamples, make_kd_loss
+from kdhelpers.train import make_kd_loss
 
 
 def _check_probability(name: str, p: object) -> float:

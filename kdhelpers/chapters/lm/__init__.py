@@ -1,0 +1,47 @@
+"""Small causal language models for token-level and sequence-level distillation (chapter 10).
+
+A character vocabulary built from the course's own text, tiny GPT-2 models (configured locally, no
+download), a training loop whose loss is `kdhelpers.losses.distillation_loss` with a padding mask,
+perplexity, sampling with a key/value cache, and a generation-speed measurement.
+
+Modules: `tokenizer` (characters as tokens), `model` (tiny GPT-2, KD loss, perplexity),
+`training` (settings, texts, the training loop, checkpoints), `generation` (sampling, speed).
+Everything public is importable from `kdhelpers.chapters.lm` itself.
+"""
+
+from kdhelpers.chapters.lm.generation import (  # noqa: F401
+    generation_speed,
+    generation_speeds,
+    sample,
+)
+from kdhelpers.chapters.lm.model import (  # noqa: F401
+    lm_logits,
+    lm_loss,
+    make_lm,
+    nll_sum,
+    perplexity,
+    token_logits,
+)
+from kdhelpers.chapters.lm.tokenizer import (  # noqa: F401
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_CHAR,
+    UNK_ID,
+    CharTokenizer,
+    build_char_tokenizer,
+    count_tokens,
+    pad_batch,
+    project_logits,
+    vocab_map,
+)
+from kdhelpers.chapters.lm.training import (  # noqa: F401
+    LM_PROFILE_SETTINGS,
+    course_student,
+    course_teacher,
+    course_texts,
+    lm_fingerprint,
+    load_or_train_lm,
+    train_lm,
+)

@@ -1,0 +1,90 @@
+"""The JSON results each notebook writes, and reading another chapter's results."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdhelpers.paths import committed_results_dir, results_dir
+
+
+def _plain(value: Any) -> Any:
+    """Convert tensors and numpy scalars to JSON-friendly Python values."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_notebook_name(notebook: object) -> str:
+    """A results file stem such as '05_distillation' (no folders, no dots in front)."""
+    if (not isinstance(notebook, str) or not notebook or notebook.startswith(".")
+            or any(c in notebook for c in "/\\")):
+        raise ValueError(f"notebook must be a plain name such as '05_distillation' (got {notebook!r})")
+    return notebook
+
+
+def save_results(
+    notebook: str,
+    metrics: Mapping[str, Any],
+    profile: str,
+    details: Mapping[str, Any] | None = None,
+    folder: Path | None = None,
+) -> Path:
+    """Write <results folder>/<notebook>.json atomically: headline `metrics` plus optional `details`."""
+    _check_notebook_name(notebook)
+    if not metrics:
+        raise ValueError("metrics must hold at least one headline figure")
+    folder = results_dir() if folder is None else Path(folder)
+    if profile == "quick" and folder.resolve() == committed_results_dir().resolve():
+        raise ValueError(
+            f"refusing to write quick-profile numbers into the committed {folder}: results/ holds "
+            "the standard run only; unset KD_RESULTS_DIR (ad-hoc runs write to runs/results)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "notebook": notebook,
+        "profile": profile,
+        "date": _dt.date.today().isoformat(),
+        "metrics": _plain(dict(metrics)),
+        "details": _plain(dict(details or {})),
+    }
+    target = folder / f"{notebook}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{notebook}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_results(notebook: str, profile: str | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """A chapter's results record: this run's folder first, then the committed run; {} if none matches `profile`."""
+    _check_notebook_name(notebook)
+    folders = [Path(folder)] if folder is not None else [results_dir(), committed_results_dir()]
+    for place in folders:
+        path = place / f"{notebook}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        if profile is None or record.get("profile") == profile:
+            return record
+    return {}
