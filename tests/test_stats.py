@@ -70,6 +70,7 @@ def test_compare_seeds_matches_scipy_paired_t() -> None:
     assert c.a == pytest.approx(0.8723333333333333) and c.b == pytest.approx(0.85)
     assert c.seeds == [0, 1, 2] and c.confidence == 0.95
     assert c.method == "paired t-interval over 3 seeds (2 df)"
+    assert comparison_sentence(c) == "KD beats labels by 2.2 points, 95% interval [0.7, 3.8], 3 seeds"  # docs
 
 
 def test_compare_seeds_by_hand() -> None:
