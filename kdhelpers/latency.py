@@ -58,9 +58,17 @@ class LatencyStats:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return {"name": self.name, "median_ms": self.median_ms, "q25_ms": self.q25_ms,
-                "q75_ms": self.q75_ms, "n": self.n, "threads": self.threads,
-                "batch_size": self.batch_size, "warmup": self.warmup, "device": self.device}
+        return {
+            "name": self.name,
+            "median_ms": self.median_ms,
+            "q25_ms": self.q25_ms,
+            "q75_ms": self.q75_ms,
+            "n": self.n,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "warmup": self.warmup,
+            "device": self.device,
+        }
 
 
 def time_interleaved(
@@ -74,17 +82,23 @@ def time_interleaved(
     device: str = "cpu",
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> dict[str, LatencyStats]:
-    """Time `runs[name](i)` for i in range(n), the names in an order rotated by i; stats per name."""
+    """Time `runs[name](i)` for i in range(n), names in an order rotated by i; stats per name."""
     if not isinstance(runs, Mapping) or not runs:
-        raise ValueError("runs must be a non-empty mapping of name -> function(i) that runs input i")
+        raise ValueError(
+            "runs must be a non-empty mapping of name -> function(i) that runs input i"
+        )
     for name, run in runs.items():
         if not callable(run):
-            raise TypeError(f"runs[{name!r}] must be a function of the input index (got {type(run).__name__})")
+            raise TypeError(
+                f"runs[{name!r}] must be a function of the input index (got {type(run).__name__})"
+            )
     min_inputs = check_int("min_inputs", min_inputs, 1)
     n = check_int("n", n, 1)
     if n < min_inputs:
-        raise ValueError(f"n is {n} but a latency measurement needs at least {min_inputs} different inputs: "
-                         f"pass more test examples, or min_inputs={n} for a quick run (n is recorded)")
+        raise ValueError(
+            f"n is {n} but a latency measurement needs at least {min_inputs} different inputs: "
+            f"pass more test examples, or min_inputs={n} for a quick run (n is recorded)"
+        )
     warmup = check_int("warmup", warmup, 0)
     batch_size = check_int("batch_size", batch_size, 1)
     if threads is not None:
@@ -127,12 +141,13 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _batches(rows: list[list[int]], batch_size: int, pad_id: int,
-             device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    rows: list[list[int]], batch_size: int, pad_id: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive batches of `rows`, padded to their longest row (as train.pad_collate does)."""
     out = []
     for start in range(0, len(rows) - batch_size + 1, batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         longest = max(len(r) for r in chunk)
         ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), longest), dtype=torch.long)
@@ -145,10 +160,14 @@ def _batches(rows: list[list[int]], batch_size: int, pad_id: int,
 
 def _check_output(name: str, output: object) -> None:
     """The model returned logits: a tensor, or an object with a `.logits` tensor."""
-    if isinstance(output, torch.Tensor) or isinstance(getattr(output, "logits", None), torch.Tensor):
+    if isinstance(output, torch.Tensor) or isinstance(
+        getattr(output, "logits", None), torch.Tensor
+    ):
         return
-    raise TypeError(f"models[{name!r}] returned {type(output).__name__}, not logits: latency expects "
-                    "model(input_ids=..., attention_mask=...) to return logits or an object with .logits")
+    raise TypeError(
+        f"models[{name!r}] returned {type(output).__name__}, not logits: latency expects "
+        "model(input_ids=..., attention_mask=...) to return logits or an object with .logits"
+    )
 
 
 def measure_latency(
@@ -162,12 +181,14 @@ def measure_latency(
     pad_id: int = 0,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> dict[str, LatencyStats]:
-    """Interleaved latency of classifiers over >= min_inputs different token-id inputs (see module doc)."""
+    """Interleaved latency of classifiers on >= min_inputs different inputs (see module doc)."""
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping of name -> torch.nn.Module")
     for name, model in models.items():
         if not isinstance(model, nn.Module):
-            raise TypeError(f"models[{name!r}] must be a torch.nn.Module (got {type(model).__name__})")
+            raise TypeError(
+                f"models[{name!r}] must be a torch.nn.Module (got {type(model).__name__})"
+            )
     batch_size = check_int("batch_size", batch_size, 1)
     min_inputs = check_int("min_inputs", min_inputs, 1)
     pad_id = check_int("pad_id", pad_id, 0)
@@ -176,15 +197,19 @@ def measure_latency(
     n = count // batch_size
     if n < min_inputs:
         raise ValueError(
-            f"inputs holds {count} examples, {n} batch(es) of {batch_size}, but a latency measurement needs "
-            f"at least {min_inputs} timed passes on different inputs ({min_inputs * batch_size} examples): "
-            f"pass more test examples, or min_inputs={max(n, 1)} for a quick run (n is recorded)")
+            f"inputs holds {count} examples, {n} batch(es) of {batch_size}, but a latency "
+            f"measurement needs at least {min_inputs} timed passes on different inputs "
+            f"({min_inputs * batch_size} examples): "
+            f"pass more test examples, or min_inputs={max(n, 1)} for a quick run (n is recorded)"
+        )
     for name, per_model in rows.items():
         label = "inputs" if not isinstance(inputs, Mapping) else f"inputs[{name!r}]"
         distinct = len({tuple(r) for r in per_model[: n * batch_size]})
         if distinct < min(min_inputs, n * batch_size):
-            raise ValueError(f"{label} holds only {distinct} different inputs among the {n * batch_size} timed: "
-                             f"latency needs at least {min_inputs} different real inputs, not repeats")
+            raise ValueError(
+                f"{label} holds only {distinct} different inputs among the {n * batch_size} timed: "
+                f"latency needs at least {min_inputs} different real inputs, not repeats"
+            )
     batches, devices, modes = {}, {}, {}
     for name, model in models.items():
         device = _device_of(model)
@@ -204,8 +229,16 @@ def measure_latency(
             for name, model in models.items():  # one untimed call each: outputs are logits
                 ids, mask = batches[name][0]
                 _check_output(name, model(input_ids=ids, attention_mask=mask))
-        return time_interleaved(runs, n, warmup=warmup, threads=threads, batch_size=batch_size,
-                                min_inputs=min_inputs, device=", ".join(device_names), clock=clock)
+        return time_interleaved(
+            runs,
+            n,
+            warmup=warmup,
+            threads=threads,
+            batch_size=batch_size,
+            min_inputs=min_inputs,
+            device=", ".join(device_names),
+            clock=clock,
+        )
     finally:
         for name, model in models.items():
             model.train(modes[name])
@@ -218,25 +251,32 @@ def _inputs_per_model(
     if isinstance(inputs, Mapping):
         missing = [name for name in models if name not in inputs]
         if missing:
-            raise ValueError(f"inputs has no token ids for models {missing}: give one list per model "
-                             "(the same examples, each model's tokenization) or one shared list")
+            raise ValueError(
+                f"inputs has no token ids for models {missing}: give one list per model "
+                "(the same examples, each model's tokenization) or one shared list"
+            )
         rows = {name: check_token_lists(f"inputs[{name!r}]", inputs[name]) for name in models}
     else:
         shared = check_token_lists("inputs", inputs)
         rows = {name: shared for name in models}
     lengths = {name: len(r) for name, r in rows.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"inputs per model must hold the same examples, so the same count (got {lengths})")
+        raise ValueError(
+            f"inputs per model must hold the same examples, so the same count (got {lengths})"
+        )
     for name, per_model in rows.items():
         for i, r in enumerate(per_model):
             if not r:
-                raise ValueError(f"inputs for models[{name!r}] holds an empty sequence at {i}: "
-                                 "latency needs real example inputs")
+                raise ValueError(
+                    f"inputs for models[{name!r}] holds an empty sequence at {i}: "
+                    "latency needs real example inputs"
+                )
     return rows
 
 
-def _runner(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
-            device: torch.device) -> Callable[[int], object]:
+def _runner(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Callable[[int], object]:
     """A function running batch i through the model (waiting for the GPU to finish)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
@@ -254,13 +294,20 @@ def speedup(baseline: LatencyStats, model: LatencyStats) -> float:
     """How many times faster `model` is than `baseline`: the ratio of their medians."""
     for label, stats in (("baseline", baseline), ("model", model)):
         if not isinstance(stats, LatencyStats):
-            raise TypeError(f"{label} must be a LatencyStats from measure_latency (got {type(stats).__name__})")
+            raise TypeError(
+                f"{label} must be a LatencyStats from measure_latency (got {type(stats).__name__})"
+            )
         if not stats.median_ms > 0:
-            raise ValueError(f"{label} ({stats.name}) has median {stats.median_ms} ms: a speed-up needs times > 0")
+            raise ValueError(
+                f"{label} ({stats.name}) has median {stats.median_ms} ms: "
+                "a speed-up needs times > 0"
+            )
     if (baseline.threads, baseline.batch_size) != (model.threads, model.batch_size):
-        raise ValueError(f"baseline ({baseline.name}) and model ({model.name}) were timed with different "
-                         f"threads/batch size ({baseline.threads}/{baseline.batch_size} vs "
-                         f"{model.threads}/{model.batch_size}): measure them together with measure_latency")
+        raise ValueError(
+            f"baseline ({baseline.name}) and model ({model.name}) were timed with different "
+            f"threads/batch size ({baseline.threads}/{baseline.batch_size} vs "
+            f"{model.threads}/{model.batch_size}): measure them together with measure_latency"
+        )
     return baseline.median_ms / model.median_ms
 
 

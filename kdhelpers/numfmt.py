@@ -36,13 +36,17 @@ def _decimal(name: str, value: object) -> Decimal | None:
     """The value as a Decimal read to READ_DIGITS significant digits (None for None/NaN)."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"{name} must be a number or None (got {type(value).__name__} {value!r})")
     x = float(value)
     if math.isnan(x):
         return None
     if math.isinf(x):
-        raise ValueError(f"{name} is {x}: an infinite value cannot be printed; check what produced it")
+        raise ValueError(
+            f"{name} is {x}: an infinite value cannot be printed; check what produced it"
+        )
     return Decimal(f"{x:.{READ_DIGITS}g}")
 
 
@@ -89,12 +93,14 @@ def sig(x: float | None, figures: int = 2) -> str:
     if d.is_zero():
         return _fixed(d, figures - 1)
     exponent = d.adjusted()  # power of ten of the leading digit
-    rounded = d.quantize(Decimal(1).scaleb(exponent - figures + 1), rounding=ROUND_HALF_UP,
-                             context=_CONTEXT)
+    rounded = d.quantize(
+        Decimal(1).scaleb(exponent - figures + 1), rounding=ROUND_HALF_UP, context=_CONTEXT
+    )
     if rounded.adjusted() > exponent:  # 9.96 -> 10.0: one more digit before the point
         exponent += 1
-        rounded = d.quantize(Decimal(1).scaleb(exponent - figures + 1), rounding=ROUND_HALF_UP,
-                             context=_CONTEXT)
+        rounded = d.quantize(
+            Decimal(1).scaleb(exponent - figures + 1), rounding=ROUND_HALF_UP, context=_CONTEXT
+        )
     return _fixed(rounded, max(0, figures - 1 - exponent))
 
 
@@ -105,28 +111,45 @@ def ratio(x: float | None, figures: int = 2) -> str:
 
 
 #: Formatter kinds usable in `formatters_for`; "num" takes digits as "num:2".
-KINDS: dict[str, Callable[..., str]] = {"num": num, "pct": pct, "points": points, "ratio": ratio, "sig": sig}
+KINDS: dict[str, Callable[..., str]] = {
+    "num": num,
+    "pct": pct,
+    "points": points,
+    "ratio": ratio,
+    "sig": sig,
+}
 
 
-def formatters_for(kinds: Mapping[str, str | Callable[[object], str]]) -> dict[str, Callable[[object], str]]:
+def formatters_for(
+    kinds: Mapping[str, str | Callable[[object], str]],
+) -> dict[str, Callable[[object], str]]:
     """Column -> formatter for pandas (`df.to_string(formatters=...)`, `df.style.format(...)`)."""
     if not isinstance(kinds, Mapping):
-        raise TypeError(f"kinds must map column names to a kind such as 'pct' (got {type(kinds).__name__})")
+        raise TypeError(
+            f"kinds must map column names to a kind such as 'pct' (got {type(kinds).__name__})"
+        )
     out: dict[str, Callable[[object], str]] = {}
     for column, kind in kinds.items():
         if callable(kind):
             out[column] = kind
             continue
         if not isinstance(kind, str):
-            raise TypeError(f"kinds[{column!r}] must be a kind name or a function (got {type(kind).__name__})")
+            raise TypeError(
+                f"kinds[{column!r}] must be a kind name or a function (got {type(kind).__name__})"
+            )
         base, _, arg = kind.partition(":")
         if base not in KINDS:
-            raise ValueError(f"kinds[{column!r}] is {kind!r}: use one of {sorted(KINDS)}, "
-                             "optionally with digits, e.g. 'num:2' or 'pct:0'")
+            raise ValueError(
+                f"kinds[{column!r}] is {kind!r}: use one of {sorted(KINDS)}, "
+                "optionally with digits, e.g. 'num:2' or 'pct:0'"
+            )
         func = KINDS[base]
         if arg:
             if not arg.isdigit():
-                raise ValueError(f"kinds[{column!r}] is {kind!r}: the part after ':' must be digits, e.g. 'num:2'")
+                raise ValueError(
+                    f"kinds[{column!r}] is {kind!r}: "
+                    "the part after ':' must be digits, e.g. 'num:2'"
+                )
             out[column] = _bind(func, int(arg))
         else:
             out[column] = func

@@ -72,9 +72,16 @@ class Comparison:
         return self.ci_low > 0 or self.ci_high < 0
 
     def as_dict(self) -> dict[str, Any]:
-        """The `details.comparisons` record: name, a, b, diff, ci_low, ci_high, seeds (+ extras if set)."""
-        out: dict[str, Any] = {"name": self.name, "a": self.a, "b": self.b, "diff": self.diff,
-                               "ci_low": self.ci_low, "ci_high": self.ci_high, "seeds": list(self.seeds)}
+        """The `details.comparisons` record: name, a, b, diff, ci_low, ci_high, seeds (+ extras)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "a": self.a,
+            "b": self.b,
+            "diff": self.diff,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "seeds": list(self.seeds),
+        }
         if self.p_value is not None:
             out["p_value"] = self.p_value
         if self.method is not None:
@@ -96,8 +103,13 @@ class McNemarResult:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return {"only_a": self.only_a, "only_b": self.only_b, "statistic": self.statistic,
-                "p_value": self.p_value, "method": self.method}
+        return {
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "statistic": self.statistic,
+            "p_value": self.p_value,
+            "method": self.method,
+        }
 
 
 def _check_confidence(confidence: object) -> float:
@@ -118,47 +130,75 @@ def _check_name(name: object) -> str:
 def _scores_by_seed(name: str, scores: object) -> dict[int, float]:
     """{seed: finite score}, from a mapping of int seeds to numbers."""
     if not isinstance(scores, Mapping):
-        raise TypeError(f"{name} must map each seed to its score, e.g. {{0: 0.86, 1: 0.87, 2: 0.85}} "
-                        f"(got {type(scores).__name__})")
-    return {check_seed(f"{name} seed", s): check_number(f"{name}[{s!r}]", v) for s, v in scores.items()}
+        raise TypeError(
+            f"{name} must map each seed to its score, e.g. {{0: 0.86, 1: 0.87, 2: 0.85}} "
+            f"(got {type(scores).__name__})"
+        )
+    return {
+        check_seed(f"{name} seed", s): check_number(f"{name}[{s!r}]", v) for s, v in scores.items()
+    }
 
 
 def over_seeds(scores: Mapping[int, float]) -> SeedSummary:
     """Mean and sample standard deviation (ddof=1) of {seed: score}; refuses fewer than 2 seeds."""
     by_seed = _scores_by_seed("scores", scores)
     if len(by_seed) < 2:
-        raise ValueError(f"scores has {len(by_seed)} seed(s): a spread over seeds needs at least 2 "
-                         f"(the course asks for {COURSE_MIN_SEEDS})")
+        raise ValueError(
+            f"scores has {len(by_seed)} seed(s): a spread over seeds needs at least 2 "
+            f"(the course asks for {COURSE_MIN_SEEDS})"
+        )
     values = np.array(list(by_seed.values()), dtype=np.float64)
-    return SeedSummary(float(values.mean()), float(values.std(ddof=1)), len(values), sorted(by_seed))
+    return SeedSummary(
+        float(values.mean()), float(values.std(ddof=1)), len(values), sorted(by_seed)
+    )
 
 
 def compare_seeds(
-    name: str, scores_a: Mapping[int, float], scores_b: Mapping[int, float], confidence: float = 0.95
+    name: str,
+    scores_a: Mapping[int, float],
+    scores_b: Mapping[int, float],
+    confidence: float = 0.95,
 ) -> Comparison:
     """Paired t-interval (n-1 df) for mean(A - B) over seeds; A and B must share their seeds."""
     name = _check_name(name)
     confidence = _check_confidence(confidence)
     a, b = _scores_by_seed("scores_a", scores_a), _scores_by_seed("scores_b", scores_b)
     if set(a) != set(b):
-        raise ValueError(f"scores_a and scores_b must come from the same seeds to be paired: "
-                         f"only in scores_a {sorted(set(a) - set(b))}, only in scores_b {sorted(set(b) - set(a))}")
+        raise ValueError(
+            f"scores_a and scores_b must come from the same seeds to be paired: "
+            f"only in scores_a {sorted(set(a) - set(b))}, "
+            f"only in scores_b {sorted(set(b) - set(a))}"
+        )
     seeds = sorted(a)
     n = len(seeds)
     if n < 2:
-        raise ValueError(f"scores_a and scores_b have {n} seed(s): a paired interval over seeds needs "
-                         f"at least 2 (the course asks for {COURSE_MIN_SEEDS}); train more seeds")
+        raise ValueError(
+            f"scores_a and scores_b have {n} seed(s): a paired interval over seeds needs "
+            f"at least 2 (the course asks for {COURSE_MIN_SEEDS}); train more seeds"
+        )
     xa = np.array([a[s] for s in seeds], dtype=np.float64)
     xb = np.array([b[s] for s in seeds], dtype=np.float64)
     d = xa - xb
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     se = sd / math.sqrt(n)
     half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
-    p_value = 1.0 if se == 0 and mean == 0 else (0.0 if se == 0 else
-                                                 float(2 * _scipy_stats.t.sf(abs(mean) / se, n - 1)))
-    return Comparison(name, float(xa.mean()), float(xb.mean()), mean, mean - half, mean + half, seeds,
-                      p_value=p_value, method=f"paired t-interval over {n} seeds ({n - 1} df)",
-                      confidence=confidence)
+    p_value = (
+        1.0
+        if se == 0 and mean == 0
+        else (0.0 if se == 0 else float(2 * _scipy_stats.t.sf(abs(mean) / se, n - 1)))
+    )
+    return Comparison(
+        name,
+        float(xa.mean()),
+        float(xb.mean()),
+        mean,
+        mean - half,
+        mean + half,
+        seeds,
+        p_value=p_value,
+        method=f"paired t-interval over {n} seeds ({n - 1} df)",
+        confidence=confidence,
+    )
 
 
 def _as_int_array(name: str, x: object) -> np.ndarray:
@@ -175,8 +215,10 @@ def _as_int_array(name: str, x: object) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr
     if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold ints or bools (got dtype {arr.dtype}): pass predicted class ids "
-                        "(logits.argmax(-1)) or per-example correctness, not scores")
+        raise TypeError(
+            f"{name} must hold ints or bools (got dtype {arr.dtype}): pass predicted class ids "
+            "(logits.argmax(-1)) or per-example correctness, not scores"
+        )
     return arr
 
 
@@ -184,12 +226,16 @@ def correctness(predictions: object, labels: object) -> np.ndarray:
     """Per-example correctness (bool array) from predicted class ids and labels."""
     pred, lab = _as_int_array("predictions", predictions), _as_int_array("labels", labels)
     if pred.shape != lab.shape:
-        raise ValueError(f"predictions and labels must have one entry per example each "
-                         f"(got {pred.shape[0]} and {lab.shape[0]})")
+        raise ValueError(
+            f"predictions and labels must have one entry per example each "
+            f"(got {pred.shape[0]} and {lab.shape[0]})"
+        )
     return pred == lab
 
 
-def _paired_correctness(correct_a: object, correct_b: object, labels: object | None) -> tuple[np.ndarray, np.ndarray]:
+def _paired_correctness(
+    correct_a: object, correct_b: object, labels: object | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Both correctness arrays, from correctness arrays or (with labels) predictions."""
     if labels is not None:
         ca, cb = correctness(correct_a, labels), correctness(correct_b, labels)
@@ -197,12 +243,16 @@ def _paired_correctness(correct_a: object, correct_b: object, labels: object | N
         ca, cb = _as_int_array("correct_a", correct_a), _as_int_array("correct_b", correct_b)
         for name, arr in (("correct_a", ca), ("correct_b", cb)):
             if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
-                raise ValueError(f"{name} must hold 0/1 or bools (per-example correctness); "
-                                 "to pass predicted class ids, give labels=... as well")
+                raise ValueError(
+                    f"{name} must hold 0/1 or bools (per-example correctness); "
+                    "to pass predicted class ids, give labels=... as well"
+                )
         ca, cb = ca.astype(bool), cb.astype(bool)
     if ca.shape != cb.shape:
-        raise ValueError(f"correct_a and correct_b must cover the same test examples "
-                         f"(got {ca.shape[0]} and {cb.shape[0]} entries)")
+        raise ValueError(
+            f"correct_a and correct_b must cover the same test examples "
+            f"(got {ca.shape[0]} and {cb.shape[0]} entries)"
+        )
     return ca, cb
 
 
@@ -234,9 +284,18 @@ def paired_bootstrap(
         boot[start:stop] = d[rng.integers(0, n, (stop - start, n))].mean(axis=1)
     alpha = 1 - confidence
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return Comparison(name, float(ca.mean()), float(cb.mean()), float(d.mean()), float(low), float(high),
-                      model_seeds, method=f"paired percentile bootstrap over {n} test examples "
-                      f"({n_resamples} resamples, seed {seed})", confidence=confidence)
+    return Comparison(
+        name,
+        float(ca.mean()),
+        float(cb.mean()),
+        float(d.mean()),
+        float(low),
+        float(high),
+        model_seeds,
+        method=f"paired percentile bootstrap over {n} test examples "
+        f"({n_resamples} resamples, seed {seed})",
+        confidence=confidence,
+    )
 
 
 def mcnemar_test(
@@ -260,27 +319,36 @@ def mcnemar_test(
     return McNemarResult(only_a, only_b, statistic, p, "chi-square with continuity correction")
 
 
-def comparison_sentence(comparison: Comparison, a_label: str | None = None, b_label: str | None = None) -> str:
+def comparison_sentence(
+    comparison: Comparison, a_label: str | None = None, b_label: str | None = None
+) -> str:
     """One sentence: 'KD beats labels by 2.3 points, 95% interval [1.1, 3.5], 3 seeds'."""
     if not isinstance(comparison, Comparison):
         raise TypeError(f"comparison must be a Comparison (got {type(comparison).__name__})")
     if a_label is None or b_label is None:
         parts = comparison.name.split(" vs ")
         if len(parts) != 2 or not all(p.strip() for p in parts):
-            raise ValueError(f"comparison name {comparison.name!r} is not of the form 'A vs B': "
-                             "pass a_label and b_label")
+            raise ValueError(
+                f"comparison name {comparison.name!r} is not of the form 'A vs B': "
+                "pass a_label and b_label"
+            )
         a_label = parts[0].strip() if a_label is None else a_label
         b_label = parts[1].strip() if b_label is None else b_label
     c = comparison
     n = len(c.seeds)
-    runs = f"{n} seeds" if n >= 2 else ("1 seed" if n == 1 else "one run") + ", test-set interval only"
-    tail = (f"{_level(c.confidence)} interval [{points(c.ci_low, signed=False, unit=False)}, "
-            f"{points(c.ci_high, signed=False, unit=False)}], {runs}")
+    runs = (
+        f"{n} seeds" if n >= 2 else ("1 seed" if n == 1 else "one run") + ", test-set interval only"
+    )
+    tail = (
+        f"{_level(c.confidence)} interval [{points(c.ci_low, signed=False, unit=False)}, "
+        f"{points(c.ci_high, signed=False, unit=False)}], {runs}"
+    )
     if c.ci_low > 0:
         return f"{a_label} beats {b_label} by {points(c.diff, signed=False)}, {tail}"
     if c.ci_high < 0:
         return f"{a_label} trails {b_label} by {points(-c.diff, signed=False)}, {tail}"
-    return f"{a_label} differs from {b_label} by {points(c.diff)}, {tail}: not distinguishable from zero"
+    verdict = "not distinguishable from zero"
+    return f"{a_label} differs from {b_label} by {points(c.diff)}, {tail}: {verdict}"
 
 
 def _level(confidence: float) -> str:

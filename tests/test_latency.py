@@ -1,4 +1,4 @@
-"""kdhelpers.latency with tiny models: plumbing checked with a fake clock, no 'faster than' asserts."""
+"""kdhelpers.latency with tiny models; plumbing checked by a fake clock, no speed asserts."""
 
 from __future__ import annotations
 
@@ -45,8 +45,17 @@ class Recorder(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        self.log.append((self.name, int(input_ids[0, 0]), input_ids.shape[0], torch.get_num_threads(),
-                         torch.is_grad_enabled(), self.training, torch.is_inference_mode_enabled()))
+        self.log.append(
+            (
+                self.name,
+                int(input_ids[0, 0]),
+                input_ids.shape[0],
+                torch.get_num_threads(),
+                torch.is_grad_enabled(),
+                self.training,
+                torch.is_inference_mode_enabled(),
+            )
+        )
         return torch.zeros(input_ids.shape[0], 2)
 
 
@@ -94,12 +103,21 @@ def test_median_and_quartiles_from_a_fake_clock() -> None:
     assert speedup(slow, fast) == 10.0
     assert speedup_text(slow, fast) == "10x"
     assert slow.examples_per_s == 200.0
-    assert slow.as_dict() == {"name": "slow", "median_ms": 5.0, "q25_ms": 3.0, "q75_ms": 7.0, "n": 9,
-                              "threads": 1, "batch_size": 1, "warmup": 3, "device": "cpu"}
+    assert slow.as_dict() == {
+        "name": "slow",
+        "median_ms": 5.0,
+        "q25_ms": 3.0,
+        "q75_ms": 7.0,
+        "n": 9,
+        "threads": 1,
+        "batch_size": 1,
+        "warmup": 3,
+        "device": "cpu",
+    }
 
 
 def test_real_sleep_gives_at_least_the_sleep_time() -> None:
-    """time.sleep lasts at least its argument, so only a lower bound is asserted (no flaky upper bound)."""
+    """time.sleep lasts at least its argument: only a lower bound is asserted (never flaky)."""
 
     class Sleeper(Tiny):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
@@ -124,8 +142,23 @@ def test_models_are_interleaved_in_rotating_order_under_fixed_threads() -> None:
     assert [(r[0], r[1]) for r in check] == [("a", 1), ("b", 1), ("c", 1)]
     order = [(r[0], r[1]) for r in rest]
     warm = [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("c", 2), ("a", 2)]
-    timed = [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("c", 2), ("a", 2), ("c", 3), ("a", 3), ("b", 3),
-             ("a", 4), ("b", 4), ("c", 4), ("b", 5), ("c", 5), ("a", 5)]
+    timed = [
+        ("a", 1),
+        ("b", 1),
+        ("c", 1),
+        ("b", 2),
+        ("c", 2),
+        ("a", 2),
+        ("c", 3),
+        ("a", 3),
+        ("b", 3),
+        ("a", 4),
+        ("b", 4),
+        ("c", 4),
+        ("b", 5),
+        ("c", 5),
+        ("a", 5),
+    ]
     assert order == warm + timed
     assert {r[3] for r in rest} == {1}  # one thread while timing
     assert not any(r[4] for r in log) and all(r[6] for r in log)  # inference mode, no grad
@@ -134,7 +167,9 @@ def test_models_are_interleaved_in_rotating_order_under_fixed_threads() -> None:
 
 def test_threads_none_keeps_and_reports_the_current_count() -> None:
     log: list[tuple] = []
-    out = measure_latency({"a": Recorder("a", log)}, _inputs(4), min_inputs=4, warmup=0, threads=None)
+    out = measure_latency(
+        {"a": Recorder("a", log)}, _inputs(4), min_inputs=4, warmup=0, threads=None
+    )
     assert out["a"].threads == torch.get_num_threads() == log[-1][3]
 
 
@@ -145,14 +180,25 @@ def test_batches_of_different_inputs_and_per_model_tokenizations() -> None:
     out = measure_latency(models, inputs, batch_size=2, min_inputs=3, warmup=0)
     assert out["a"].n == 3 and out["a"].batch_size == 2  # 7 // 2 batches, the 7th example unused
     timed = log[2:]
-    assert [(r[0], r[1], r[2]) for r in timed] == [("a", 1, 2), ("b", 100, 2), ("b", 102, 2), ("a", 3, 2),
-                                                  ("a", 5, 2), ("b", 104, 2)]
+    assert [(r[0], r[1], r[2]) for r in timed] == [
+        ("a", 1, 2),
+        ("b", 100, 2),
+        ("b", 102, 2),
+        ("a", 3, 2),
+        ("a", 5, 2),
+        ("b", 104, 2),
+    ]
 
 
 def test_tiny_real_models_run_with_logits_objects() -> None:
     torch.manual_seed(0)
-    out = measure_latency({"plain": Tiny(), "wrapped": Tiny(wrap=True)}, _inputs(20), min_inputs=20,
-                          warmup=2, threads=1)
+    out = measure_latency(
+        {"plain": Tiny(), "wrapped": Tiny(wrap=True)},
+        _inputs(20),
+        min_inputs=20,
+        warmup=2,
+        threads=1,
+    )
     assert list(out) == ["plain", "wrapped"]
     for s in out.values():
         assert isinstance(s, LatencyStats)
@@ -168,11 +214,24 @@ def test_time_interleaved_with_plain_callables() -> None:
         def run(i: int) -> None:
             calls.append((name, i))
             clock.work(ms * (i + 1))
+
         return run
 
-    out = time_interleaved({"x": make("x", 1.0), "y": make("y", 2.0)}, 4, warmup=1, min_inputs=4, clock=clock)
-    assert calls == [("x", 0), ("y", 0), ("x", 0), ("y", 0), ("y", 1), ("x", 1), ("x", 2), ("y", 2),
-                     ("y", 3), ("x", 3)]
+    out = time_interleaved(
+        {"x": make("x", 1.0), "y": make("y", 2.0)}, 4, warmup=1, min_inputs=4, clock=clock
+    )
+    assert calls == [
+        ("x", 0),
+        ("y", 0),
+        ("x", 0),
+        ("y", 0),
+        ("y", 1),
+        ("x", 1),
+        ("x", 2),
+        ("y", 2),
+        ("y", 3),
+        ("x", 3),
+    ]
     assert out["x"].median_ms == 2.5 and out["y"].median_ms == 5.0
     assert (out["x"].q25_ms, out["x"].q75_ms) == (1.75, 3.25)
     assert speedup_text(out["y"], out["x"]) == "2.0x"
@@ -181,9 +240,13 @@ def test_time_interleaved_with_plain_callables() -> None:
 def test_too_few_or_repeated_inputs_are_refused() -> None:
     model = {"tiny": Tiny()}
     assert MIN_INPUTS == 200
-    with pytest.raises(ValueError, match=r"199 examples.*at least 200 timed passes.*min_inputs=199"):
+    with pytest.raises(
+        ValueError, match=r"199 examples.*at least 200 timed passes.*min_inputs=199"
+    ):
         measure_latency(model, _inputs(199))
-    with pytest.raises(ValueError, match=r"at least 200 timed passes on different inputs \(400 examples\)"):
+    with pytest.raises(
+        ValueError, match=r"at least 200 timed passes on different inputs \(400 examples\)"
+    ):
         measure_latency(model, _inputs(300), batch_size=2)
     with pytest.raises(ValueError, match="only 1 different inputs"):
         measure_latency(model, [[1, 2, 3]] * 250)

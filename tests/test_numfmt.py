@@ -1,4 +1,4 @@
-"""kdhelpers.numfmt: one rounding rule (half-up on the decimal reading), exact edge cases by hand."""
+"""kdhelpers.numfmt: one rounding rule (half-up on the decimal reading), edge cases by hand."""
 
 from __future__ import annotations
 
@@ -134,15 +134,31 @@ def test_huge_values_do_not_overflow_the_decimal_context() -> None:
 
 
 def test_formatters_for_pandas_tables() -> None:
-    df = pd.DataFrame({"model": ["teacher", "student"], "accuracy": [0.8665, 0.8205],
-                       "gain": [float("nan"), -0.0235], "speedup": [1.0, 46.1], "loss": [0.12345, 0.5]})
-    fmts = formatters_for({"accuracy": "pct", "gain": "points", "speedup": "ratio", "loss": "num:2",
-                           "model": str.upper})
+    df = pd.DataFrame(
+        {
+            "model": ["teacher", "student"],
+            "accuracy": [0.8665, 0.8205],
+            "gain": [float("nan"), -0.0235],
+            "speedup": [1.0, 46.1],
+            "loss": [0.12345, 0.5],
+        }
+    )
+    fmts = formatters_for(
+        {
+            "accuracy": "pct",
+            "gain": "points",
+            "speedup": "ratio",
+            "loss": "num:2",
+            "model": str.upper,
+        }
+    )
     assert [fmts["accuracy"](v) for v in df["accuracy"]] == ["86.7%", "82.1%"]
     assert [fmts["gain"](v) for v in df["gain"]] == ["n/a", "-2.4 points"]
     assert [fmts["speedup"](v) for v in df["speedup"]] == ["1.0x", "46x"]
     assert [fmts["loss"](v) for v in df["loss"]] == ["0.12", "0.50"]
-    text = df.to_string(formatters=fmts, index=False, na_rep=MISSING)  # pandas skips formatters on NaN
+    text = df.to_string(
+        formatters=fmts, index=False, na_rep=MISSING
+    )  # pandas skips formatters on NaN
     assert "86.7%" in text and "46x" in text and "TEACHER" in text and "n/a" in text
     styled = df.style.format({k: v for k, v in fmts.items() if k != "model"}).to_html()
     assert "82.1%" in styled and "-2.4 points" in styled

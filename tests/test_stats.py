@@ -1,4 +1,4 @@
-"""kdhelpers.stats against independent references: scipy.stats, statsmodels and hand-computed cases."""
+"""kdhelpers.stats against independent references: scipy.stats, statsmodels, hand-computed cases."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _pair(n: int, seed: int, pa: float = 0.85, pb: float = 0.80) -> tuple[np.nda
 
 # ---- over seeds -------------------------------------------------------------------------------
 
+
 def test_over_seeds_is_mean_and_sample_std() -> None:
     s = over_seeds({0: 0.80, 1: 0.82, 2: 0.87})
     assert isinstance(s, SeedSummary)
@@ -59,6 +60,7 @@ def test_over_seeds_refuses_one_seed_and_bad_scores() -> None:
 
 # ---- paired interval over seeds ---------------------------------------------------------------
 
+
 def test_compare_seeds_matches_scipy_paired_t() -> None:
     c = compare_seeds("KD vs labels", A, B)
     ref = st.ttest_rel([A[s] for s in range(3)], [B[s] for s in range(3)])
@@ -70,12 +72,16 @@ def test_compare_seeds_matches_scipy_paired_t() -> None:
     assert c.a == pytest.approx(0.8723333333333333) and c.b == pytest.approx(0.85)
     assert c.seeds == [0, 1, 2] and c.confidence == 0.95
     assert c.method == "paired t-interval over 3 seeds (2 df)"
-    assert comparison_sentence(c) == "KD beats labels by 2.2 points, 95% interval [0.7, 3.8], 3 seeds"  # docs
+    assert (
+        comparison_sentence(c) == "KD beats labels by 2.2 points, 95% interval [0.7, 3.8], 3 seeds"
+    )  # docs
 
 
 def test_compare_seeds_by_hand() -> None:
     # d = 0.02, 0.04 -> mean 0.03, sd = sqrt(0.0002) = 0.014142, se = 0.01, t(0.975, 1) = 12.7062047
-    c = compare_seeds("A vs B", {5: 0.82, 9: 0.84}, {9: 0.80, 5: 0.80})  # pairing by seed, not by order
+    c = compare_seeds(
+        "A vs B", {5: 0.82, 9: 0.84}, {9: 0.80, 5: 0.80}
+    )  # pairing by seed, not by order
     assert c.diff == pytest.approx(0.03)
     assert c.ci_low == pytest.approx(0.03 - 0.127062047361747, abs=1e-9)
     assert c.ci_high == pytest.approx(0.03 + 0.127062047361747, abs=1e-9)
@@ -94,7 +100,9 @@ def test_compare_seeds_other_confidence_and_zero_spread() -> None:
 def test_compare_seeds_refusals() -> None:
     with pytest.raises(ValueError, match=r"1 seed\(s\).*at least 2 \(the course asks for 3\)"):
         compare_seeds("A vs B", {0: 0.9}, {0: 0.8})
-    with pytest.raises(ValueError, match=r"same seeds.*only in scores_a \[2\], only in scores_b \[3\]"):
+    with pytest.raises(
+        ValueError, match=r"same seeds.*only in scores_a \[2\], only in scores_b \[3\]"
+    ):
         compare_seeds("A vs B", {0: 0.9, 1: 0.9, 2: 0.9}, {0: 0.8, 1: 0.8, 3: 0.8})
     with pytest.raises(ValueError, match="confidence"):
         compare_seeds("A vs B", A, B, confidence=95)
@@ -106,12 +114,19 @@ def test_compare_seeds_refusals() -> None:
 
 # ---- paired bootstrap on one test set ---------------------------------------------------------
 
+
 def test_paired_bootstrap_matches_scipy_percentile_bootstrap() -> None:
     ca, cb = _pair(300, seed=1)
     c = paired_bootstrap("KD vs labels", ca, cb, n_resamples=2000, seed=7)
-    ref = st.bootstrap((ca.astype(float), cb.astype(float)),
-                       lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
-                       n_resamples=2000, method="percentile", rng=np.random.default_rng(7))
+    ref = st.bootstrap(
+        (ca.astype(float), cb.astype(float)),
+        lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(7),
+    )
     assert c.ci_low == pytest.approx(ref.confidence_interval.low, abs=1e-12)
     assert c.ci_high == pytest.approx(ref.confidence_interval.high, abs=1e-12)
     # the exact seeded values (300 examples: 262 vs 238 right)
@@ -126,8 +141,15 @@ def test_paired_bootstrap_chunked_draws_equal_one_draw() -> None:
     ca, cb = _pair(5000, seed=3, pa=0.9, pb=0.89)
     c = paired_bootstrap("A vs B", ca, cb, n_resamples=1000, seed=11, confidence=0.9)  # 3 chunks
     d = ca.astype(float) - cb.astype(float)
-    ref = st.bootstrap((d,), np.mean, vectorized=True, n_resamples=1000, method="percentile",
-                       confidence_level=0.9, rng=np.random.default_rng(11)).confidence_interval
+    ref = st.bootstrap(
+        (d,),
+        np.mean,
+        vectorized=True,
+        n_resamples=1000,
+        method="percentile",
+        confidence_level=0.9,
+        rng=np.random.default_rng(11),
+    ).confidence_interval
     assert (c.ci_low, c.ci_high) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
 
@@ -135,9 +157,17 @@ def test_paired_bootstrap_from_predictions_and_labels() -> None:
     labels = torch.tensor([0, 1, 2, 1, 0, 2, 1, 1, 0, 2])
     pred_a = torch.tensor([0, 1, 2, 1, 0, 2, 1, 0, 0, 2])  # 9/10
     pred_b = torch.tensor([0, 1, 0, 1, 0, 1, 1, 0, 0, 2])  # 7/10
-    c = paired_bootstrap("A vs B", pred_a, pred_b, labels=labels, n_resamples=500, seed=0, seeds=[4])
-    c2 = paired_bootstrap("A vs B", correctness(pred_a, labels), correctness(pred_b, labels),
-                          n_resamples=500, seed=0, seeds=[4])
+    c = paired_bootstrap(
+        "A vs B", pred_a, pred_b, labels=labels, n_resamples=500, seed=0, seeds=[4]
+    )
+    c2 = paired_bootstrap(
+        "A vs B",
+        correctness(pred_a, labels),
+        correctness(pred_b, labels),
+        n_resamples=500,
+        seed=0,
+        seeds=[4],
+    )
     assert c == c2
     assert (c.a, c.b, c.diff, c.seeds) == (0.9, 0.7, pytest.approx(0.2), [4])
     # B is never right where A is wrong, so every resampled difference is >= 0
@@ -172,11 +202,14 @@ def test_paired_bootstrap_refusals() -> None:
 
 # ---- McNemar ----------------------------------------------------------------------------------
 
+
 def _table(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
     return np.array([[(ca & cb).sum(), (ca & ~cb).sum()], [(~ca & cb).sum(), (~ca & ~cb).sum()]])
 
 
-@pytest.mark.parametrize(("n", "seed", "pb"), [(300, 1, 0.8), (40, 2, 0.8), (200, 5, 0.6), (12, 5, 0.8)])
+@pytest.mark.parametrize(
+    ("n", "seed", "pb"), [(300, 1, 0.8), (40, 2, 0.8), (200, 5, 0.6), (12, 5, 0.8)]
+)
 def test_mcnemar_matches_statsmodels(n: int, seed: int, pb: float) -> None:
     """Discordant counts differ in every case (equal counts: see the floor test below)."""
     ca, cb = _pair(n, seed, pb=pb)
@@ -210,7 +243,9 @@ def test_mcnemar_equal_and_empty_discordance() -> None:
     assert mcnemar_test(same, same).p_value == 1.0
     assert mcnemar_test(same, same, exact=False).p_value == 1.0
     # equal counts: the corrected statistic is floored at 0 (statsmodels gives 1 / (b + c) here)
-    even = mcnemar_test(np.array([1] * 15 + [0] * 15, bool), np.array([0] * 15 + [1] * 15, bool), exact=False)
+    even = mcnemar_test(
+        np.array([1] * 15 + [0] * 15, bool), np.array([0] * 15 + [1] * 15, bool), exact=False
+    )
     assert (even.statistic, even.p_value) == (0.0, 1.0)
     with pytest.raises(TypeError, match="exact must be True, False or None"):
         mcnemar_test(same, same, exact="yes")  # type: ignore[arg-type]
@@ -218,23 +253,52 @@ def test_mcnemar_equal_and_empty_discordance() -> None:
 
 # ---- Comparison record and sentence -----------------------------------------------------------
 
+
 def test_as_dict_has_exactly_the_schema_keys() -> None:
     c = Comparison("KD vs labels", 0.87, 0.85, 0.02, 0.01, 0.03, [0, 1, 2])
     assert list(c.as_dict()) == ["name", "a", "b", "diff", "ci_low", "ci_high", "seeds"]
     full = compare_seeds("KD vs labels", A, B).as_dict()
-    assert list(full) == ["name", "a", "b", "diff", "ci_low", "ci_high", "seeds", "p_value", "method"]
-    assert json.loads(json.dumps({"details": {"comparisons": [full]}}))["details"]["comparisons"][0] == full
+    assert list(full) == [
+        "name",
+        "a",
+        "b",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "seeds",
+        "p_value",
+        "method",
+    ]
+    assert (
+        json.loads(json.dumps({"details": {"comparisons": [full]}}))["details"]["comparisons"][0]
+        == full
+    )
 
 
 @pytest.mark.parametrize(
     ("diff", "low", "high", "expected"),
     [
         (0.023, 0.011, 0.035, "KD beats labels by 2.3 points, 95% interval [1.1, 3.5], 3 seeds"),
-        (0.004, -0.008, 0.016, "KD differs from labels by +0.4 points, 95% interval [-0.8, 1.6], 3 seeds: "
-                               "not distinguishable from zero"),
-        (-0.023, -0.035, -0.011, "KD trails labels by 2.3 points, 95% interval [-3.5, -1.1], 3 seeds"),
-        (0.01, 0.0, 0.02, "KD differs from labels by +1.0 points, 95% interval [0.0, 2.0], 3 seeds: "
-                          "not distinguishable from zero"),
+        (
+            0.004,
+            -0.008,
+            0.016,
+            "KD differs from labels by +0.4 points, 95% interval [-0.8, 1.6], 3 seeds: "
+            "not distinguishable from zero",
+        ),
+        (
+            -0.023,
+            -0.035,
+            -0.011,
+            "KD trails labels by 2.3 points, 95% interval [-3.5, -1.1], 3 seeds",
+        ),
+        (
+            0.01,
+            0.0,
+            0.02,
+            "KD differs from labels by +1.0 points, 95% interval [0.0, 2.0], 3 seeds: "
+            "not distinguishable from zero",
+        ),
     ],
 )
 def test_comparison_sentence(diff: float, low: float, high: float, expected: str) -> None:
@@ -244,10 +308,15 @@ def test_comparison_sentence(diff: float, low: float, high: float, expected: str
 
 def test_comparison_sentence_labels_levels_and_single_runs() -> None:
     c = compare_seeds("kd_vs_labels", A, B, confidence=0.9)
-    assert comparison_sentence(c, "KD", "labels").startswith("KD beats labels by 2.2 points, 90% interval [")
-    boot = paired_bootstrap("KD vs labels", *_pair(300, seed=1), n_resamples=2000, seed=7, seeds=[0])
-    assert comparison_sentence(boot) == ("KD beats labels by 8.0 points, 95% interval [1.7, 14.0], "
-                                         "1 seed, test-set interval only")
+    assert comparison_sentence(c, "KD", "labels").startswith(
+        "KD beats labels by 2.2 points, 90% interval ["
+    )
+    boot = paired_bootstrap(
+        "KD vs labels", *_pair(300, seed=1), n_resamples=2000, seed=7, seeds=[0]
+    )
+    assert comparison_sentence(boot) == (
+        "KD beats labels by 8.0 points, 95% interval [1.7, 14.0], 1 seed, test-set interval only"
+    )
     with pytest.raises(ValueError, match="not of the form 'A vs B': pass a_label and b_label"):
         comparison_sentence(c)
     with pytest.raises(TypeError, match="must be a Comparison"):
