@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings = course_settings(args.profile, args.seed)
     _, tokenizer = load_teacher(None)
     splits = tokenize_splits(course_data(settings), tokenizer, max_length=settings["max_length"])
+    # the teacher's new head and its dropout draw from the global generator: seed it, so that a
+    # teacher trained now is the same on every run of the same command line
+    torch.manual_seed(args.seed)
     with accelerator.main_process_first():  # the main process trains the teacher if no checkpoint exists
         teacher, _ = load_or_train_teacher(settings, splits, accelerator.device)
     teacher.eval()
