@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     settings = course_settings("standard")
     ds = course_data(settings)
     teacher, tokenizer = load_teacher(None, pooling="mean")
-    splits = tokenize_splits(ds, tokenizer, max_length=settings["max_length"])
+    splits = tokenize_splits(ds, tokenizer, max_length=settings.max_length)
     ids = (splits["train"].input_ids + splits["unlabeled"].input_ids)[:n]
     labels = torch.cat([splits["train"].gold, splits["unlabeled"].gold])[:n]
     emb, _ = project_teacher_embeddings(teacher, 64)

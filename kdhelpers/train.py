@@ -1,10 +1,12 @@
-"""One training loop for teachers and students, with the loss as a parameter."""
+"""The training step every loop shares (AdamW, warm-up, AMP, clipping, keep-best) and `fit`, the text loop."""
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,150 @@ from kdhelpers.validate import (
 LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
+# ---------------------------------------------------------------- the shared training step
 
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of `fit`: epochs, AdamW, warm-up, clipping, early stopping and mixed precision."""
+
+    epochs: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    patience: int | None = 2
+    use_amp: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 1))
+        object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, strict_min=True))
+        object.__setattr__(self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0))
+        object.__setattr__(self, "warmup_ratio", check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0))
+        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        if self.patience is not None:
+            object.__setattr__(self, "patience", check_int("patience", self.patience, 0))
+        if not isinstance(self.use_amp, bool):
+            raise TypeError(f"use_amp must be True or False (got {self.use_amp!r})")
+
+
+def warmup_linear_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_ratio` of the steps, then linear decay to zero."""
+    total_steps = check_int("total_steps", total_steps, 1)
+    warmup_ratio = check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw_with_warmup(
+    parameters: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_ratio: float,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable `parameters` and its warm-up / linear-decay schedule over `total_steps`."""
+    optimizer = torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    return optimizer, warmup_linear_schedule(optimizer, total_steps, warmup_ratio)
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """loss.backward() (the default backward of an OptimiserStep)."""
+    loss.backward()
+
+
+@dataclass(frozen=True)
+class OptimiserStep:
+    """One optimiser step: zero the gradients, backward (scaled under AMP), unscale, clip, step, schedule.
+
+    `backward` and `clip` default to `loss.backward()` and `torch.nn.utils.clip_grad_norm_`; under
+    Accelerate pass `accelerator.backward` and `accelerator.clip_grad_norm_` (Accelerate then does the
+    loss scaling, so `scaler` stays None). Call the step with a loss, or, with gradient accumulation,
+    call `backward` per micro-batch, then `update` and `zero_grad`.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    parameters: tuple[nn.Parameter, ...] = ()
+    max_grad_norm: float | None = None
+    scaler: torch.amp.GradScaler | None = None
+    backward_fn: Callable[[torch.Tensor], Any] = _backward
+    clip_fn: Callable[[Iterable[nn.Parameter], float], Any] = nn.utils.clip_grad_norm_
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        if self.max_grad_norm is not None and not self.parameters:
+            raise ValueError("parameters is empty but max_grad_norm is set: pass the parameters to clip")
+
+    @property
+    def scaling(self) -> bool:
+        """Whether gradients go through an enabled AMP GradScaler."""
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (set them to None)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Add the gradients of `loss` (scaled when AMP scaling is on)."""
+        self.backward_fn(self.scaler.scale(loss) if self.scaling else loss)
+
+    def update(self) -> None:
+        """Unscale, clip to max_grad_norm, step the optimiser (through the scaler) and the schedule."""
+        if self.scaling:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            self.clip_fn(self.parameters, self.max_grad_norm)
+        if self.scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        """A whole step on one loss: zero_grad, backward, update."""
+        self.zero_grad()
+        self.backward(loss)
+        self.update()
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of `model`'s weights on the CPU (undisturbed by further training)."""
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+class KeepBest:
+    """The best validation metric seen so far, when it was seen, and a copy of the weights at that point."""
+
+    def __init__(self, higher_is_better: bool) -> None:
+        self.higher_is_better = higher_is_better
+        self.value: float = -math.inf if higher_is_better else math.inf
+        self.at: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, model: nn.Module, value: float, at: int) -> bool:
+        """Keep a copy of `model` when `value` beats the best so far (strictly); True when it did."""
+        better = value > self.value if self.higher_is_better else value < self.value
+        if better:
+            self.value, self.at, self.state = value, at, state_copy(model)
+        return better
+
+    def restore(self, model: nn.Module) -> bool:
+        """Load the best weights back into `model` (True), or leave it as it is when none was kept (False)."""
+        if self.state is None:
+            return False
+        model.load_state_dict(self.state)
+        return True
 
 
 # ---------------------------------------------------------------- losses for the loop
@@ -106,20 +251,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | 
     return {"accuracy": correct / total, "loss": loss_sum / total}
 
 
-def warmup_linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_ratio` of the steps, then linear decay to zero."""
-    total_steps = check_int("total_steps", total_steps, 1)
-    warmup_ratio = check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
-    warmup = max(1, int(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def check_finite_parameters(model: nn.Module, when: str) -> None:
     """Raise FloatingPointError when a parameter of `model` holds NaN or Inf (after training `when`)."""
     for name, p in model.named_parameters():
@@ -133,60 +264,37 @@ def fit(
     train_loader: DataLoader,
     val_loader: DataLoader | None,
     loss_fn: LossFn = cross_entropy_loss,
+    config: TrainConfig = TrainConfig(),
     *,
-    epochs: int = 3,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.1,
-    max_grad_norm: float | None = 1.0,
-    patience: int | None = 2,
     device: torch.device | str | None = None,
     checkpoint: str | Path | None = None,
-    use_amp: bool = True,
     desc: str = "train",
 ) -> dict[str, Any]:
     """Train with AdamW, warm-up, clipping, AMP on CUDA and early stopping; restores the best epoch."""
-    epochs = check_int("epochs", epochs, 1)
-    lr = check_number("lr", lr, 0.0, strict_min=True)
-    weight_decay = check_number("weight_decay", weight_decay, 0.0)
-    check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
-    max_grad_norm = check_optional_positive("max_grad_norm", max_grad_norm)
-    if patience is not None:
-        patience = check_int("patience", patience, 0)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (got {type(config).__name__}): "
+                        "fit(..., config=TrainConfig(epochs=3, lr=1e-3))")
     if len(train_loader) == 0:
         raise ValueError("train_loader is empty")
     device = get_device() if device is None else torch.device(device)
     model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
-    scheduler = warmup_linear_schedule(optimizer, epochs * len(train_loader), warmup_ratio)
-    scaler = grad_scaler(device) if use_amp else None
+    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay,
+                                             config.epochs * len(train_loader), config.warmup_ratio)
+    step = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm,
+                         grad_scaler(device) if config.use_amp else None)
     history: dict[str, Any] = {"train_loss": [], "val_accuracy": [], "val_loss": [], "epoch_seconds": []}
-    best_acc, best_state, best_epoch, bad_epochs = -1.0, None, 0, 0
+    best, bad_epochs, epochs = KeepBest(higher_is_better=True), 0, config.epochs
     for epoch in range(1, epochs + 1):
         model.train()
         start, losses = time.perf_counter(), []
         for batch in progress_bar(train_loader, f"{desc} {epoch}/{epochs}"):
             batch = to_device(batch, device)
-            with autocast(device, enabled=use_amp):
+            with autocast(device, enabled=config.use_amp):
                 logits = forward_logits(model, batch)
             loss = loss_fn(logits.float(), batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower lr?")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            if scaler is not None and scaler.is_enabled():
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
+            step(loss)
             losses.append(loss.item())
         history["epoch_seconds"].append(time.perf_counter() - start)
         history["train_loss"].append(sum(losses) / len(losses))
@@ -196,17 +304,15 @@ def fit(
         metrics = evaluate(model, val_loader, device)
         history["val_accuracy"].append(metrics["accuracy"])
         history["val_loss"].append(metrics["loss"])
-        if metrics["accuracy"] > best_acc:
-            best_acc, best_epoch, bad_epochs = metrics["accuracy"], epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if best.offer(model, metrics["accuracy"], epoch):
+            bad_epochs = 0
             if checkpoint is not None:
-                save_checkpoint(model, checkpoint, {"epoch": epoch, "val_accuracy": best_acc})
+                save_checkpoint(model, checkpoint, {"epoch": epoch, "val_accuracy": best.value})
         else:
             bad_epochs += 1
-            if patience is not None and bad_epochs > patience:
+            if config.patience is not None and bad_epochs > config.patience:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    history["best_epoch"] = best_epoch if val_loader is not None else epochs
-    history["best_val_accuracy"] = best_acc if val_loader is not None else None
+    best.restore(model)
+    history["best_epoch"] = best.at if val_loader is not None else epochs
+    history["best_val_accuracy"] = best.value if val_loader is not None else None
     return history

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     pick = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in d.items()}
     settings = course_settings(args.profile, args.seed)
     _, tokenizer = load_teacher(None)
-    splits = tokenize_splits(course_data(settings), tokenizer, max_length=settings["max_length"])
+    splits = tokenize_splits(course_data(settings), tokenizer, max_length=settings.max_length)
     # the teacher's new head and its dropout draw from the global generator: seed it, so that a
     # teacher trained now is the same on every run of the same command line
     torch.manual_seed(args.seed)

@@ -1,4 +1,4 @@
-"""Chapter 01's playground: digit images, seeded splits, MLP teacher and student, one trainer."""
+"""Chapter 01's playground: digit images, seeded splits, MLP teacher and student, their trainer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import count_parameters  # noqa: F401  (re-exported for chapter 01)
+from kdhelpers.train import OptimiserStep
 from kdhelpers.validate import (
     check_class_labels,
     check_float_tensor,
@@ -326,7 +327,7 @@ def train_model(
     device = next(model.parameters()).device
     inputs = inputs.to(device)
     target_tuple = tuple(t.to(device) for t in target_tuple)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimiser_step = OptimiserStep(torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay))
     history: dict[str, list[float]] = {"loss": []}
     if val is not None:
         history["val accuracy"] = []
@@ -347,9 +348,7 @@ def train_model(
                 if not math.isfinite(float(loss.detach())):
                     raise FloatingPointError(f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
                                              "targets and the loss function")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                optimiser_step(loss)
                 count = logits.shape[0]
                 total += float(loss.detach()) * count
                 seen += count

@@ -32,7 +32,7 @@ from kdhelpers.device import pin_memory_default
 from kdhelpers.losses import kd_kl
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import CachedLogits, cache_logits
-from kdhelpers.train import forward_logits, warmup_linear_schedule
+from kdhelpers.train import OptimiserStep, adamw_with_warmup, forward_logits
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,12 @@ def distill_accelerate(
         raise ValueError(f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}")
     steps_per_epoch = math.ceil(n_used // config.micro_batch_size / config.grad_accum)
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = warmup_linear_schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_ratio)
+    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay,
+                                             config.epochs * steps_per_epoch, config.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Accelerate does the backward (and any loss scaling) and the clipping; the step is the shared one
+    step = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm or None,
+                         backward_fn=accelerator.backward, clip_fn=accelerator.clip_grad_norm_)
     history: dict[str, Any] = {"step_loss": [], "epoch_loss": [], "world_size": world, "config": asdict(config)}
     for epoch in range(config.epochs):
         model.train()
@@ -198,13 +200,10 @@ def distill_accelerate(
                         loss = step_loss(parts, n_labelled, n, config.alpha, world)
                     else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
                         loss = step_loss(parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha) / len(window)
-                    accelerator.backward(loss)
+                    step.backward(loss)
                 total += loss.detach() / world
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            step.update()
+            step.zero_grad()
             mean_loss = float(accelerator.reduce(total, "sum").item())
             history["step_loss"].append(mean_loss)
             epoch_losses.append(mean_loss)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ from kdhelpers.models import (
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
 from kdhelpers.results import load_results
-from kdhelpers.train import evaluate, fit
-from kdhelpers.validate import check_seed
+from kdhelpers.train import TrainConfig, evaluate, fit
+from kdhelpers.validate import check_int, check_number, check_seed
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +42,77 @@ log = logging.getLogger(__name__)
 TEACHER_TRAINING_TIME = {"quick": "about 10 s", "standard": "about 15 minutes on a 2-core CPU",
                          "full": "a few minutes on a GPU (much longer on a CPU)"}
 
+#: The settings that name and guard the teacher checkpoint (hashed as JSON, stored in its record).
 TEACHER_KEYS = ("domain", "seed", "n_train", "pooling", "max_length", "epochs", "lr", "batch_size")
 
+
+@dataclass(frozen=True, kw_only=True)
+class CourseSettings:
+    """Data and teacher settings of the text chapters (vary one with dataclasses.replace)."""
+
+    domain: str = "movies"
+    seed: int = 0
+    n_train: int | None
+    n_validation: int | None
+    n_test: int | None
+    n_unlabeled: int | None
+    pooling: str
+    max_length: int
+    epochs: int
+    lr: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.domain, str) or not self.domain:
+            raise TypeError(f"domain must be a non-empty string (got {self.domain!r})")
+        check_seed("seed", self.seed)
+        for name in ("n_train", "n_validation", "n_test", "n_unlabeled"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 0 if name == "n_unlabeled" else 1)
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean' (got {self.pooling!r})")
+        for name in ("max_length", "epochs", "batch_size"):
+            check_int(name, getattr(self, name), 1)
+        check_number("lr", self.lr, 0.0, strict_min=True)
+
+    def teacher_key(self) -> dict[str, Any]:
+        """The TEACHER_KEYS fields as a dict (what names and guards the teacher checkpoint)."""
+        values = asdict(self)
+        return {k: values[k] for k in TEACHER_KEYS}
+
+
 #: Data and teacher sizes per profile, shared by chapters 03-10 so they reuse one teacher checkpoint.
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": dict(n_train=160, n_validation=100, n_test=200, n_unlabeled=300, pooling="mean",
-                  max_length=48, epochs=1, lr=1e-4, batch_size=16),
-    "standard": dict(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
-                     max_length=64, epochs=3, lr=1e-4, batch_size=32),
-    "full": dict(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
-                 max_length=64, epochs=4, lr=1e-4, batch_size=32),
+PROFILE_SETTINGS: dict[str, CourseSettings] = {
+    "quick": CourseSettings(n_train=160, n_validation=100, n_test=200, n_unlabeled=300, pooling="mean",
+                            max_length=48, epochs=1, lr=1e-4, batch_size=16),
+    "standard": CourseSettings(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
+                               max_length=64, epochs=3, lr=1e-4, batch_size=32),
+    "full": CourseSettings(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
+                           max_length=64, epochs=4, lr=1e-4, batch_size=32),
 }
 
 
-def course_settings(profile: str, seed: int = 0, domain: str = "movies") -> dict[str, Any]:
+def course_settings(profile: str, seed: int = 0, domain: str = "movies") -> CourseSettings:
     """The data and teacher settings of a resolved profile ('quick', 'standard' or 'full')."""
     if profile not in PROFILE_SETTINGS:
         raise ValueError(f"profile must be one of {tuple(PROFILE_SETTINGS)} (resolve 'auto' first; got {profile!r})")
-    return {"domain": domain, "seed": seed, **PROFILE_SETTINGS[profile]}
+    return replace(PROFILE_SETTINGS[profile], domain=domain, seed=seed)
 
 
-def course_data(settings: Mapping[str, Any]) -> Any:
+def _check_settings(settings: object) -> CourseSettings:
+    """Refuse anything but CourseSettings (old string-keyed dicts included), naming the fix."""
+    if not isinstance(settings, CourseSettings):
+        raise TypeError(f"settings must be CourseSettings (got {type(settings).__name__}): use course_settings(profile), "
+                        "varied with dataclasses.replace(settings, n_train=...)")
+    return settings
+
+
+def course_data(settings: CourseSettings) -> Any:
     """The DatasetDict for `settings` (kdhelpers.data.load_sentiment, unlabelled pool trimmed if asked)."""
-
-    ds = load_sentiment(settings["domain"], seed=settings["seed"], n_train=settings["n_train"],
-                        n_validation=settings.get("n_validation"), n_test=settings.get("n_test"))
-    n_unl = settings.get("n_unlabeled")
+    settings = _check_settings(settings)
+    ds = load_sentiment(settings.domain, seed=settings.seed, n_train=settings.n_train,
+                        n_validation=settings.n_validation, n_test=settings.n_test)
+    n_unl = settings.n_unlabeled
     if n_unl is not None and n_unl < len(ds["unlabeled"]):
         ds["unlabeled"] = ds["unlabeled"].select(range(n_unl))
     return ds
@@ -106,19 +151,16 @@ def tokenize_splits(dataset: Any, tokenizer: Any, max_length: int = 64) -> dict[
     return out
 
 
-def _teacher_name(settings: Mapping[str, Any], splits: Mapping[str, TextSplit]) -> str:
+def _teacher_name(settings: CourseSettings, splits: Mapping[str, TextSplit]) -> str:
     """Checkpoint stem from the teacher's settings and the ids of its training data."""
-    missing = [k for k in TEACHER_KEYS if k not in settings]
-    if missing:
-        raise ValueError(f"teacher settings lack {missing} (need {list(TEACHER_KEYS)})")
-    h = hashlib.sha256(json.dumps({k: settings[k] for k in TEACHER_KEYS}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(_check_settings(settings).teacher_key(), sort_keys=True).encode())
     for name in ("train", "validation"):
         h.update("|".join(splits[name].ids).encode())
-    return f"teacher-{settings['domain']}-{h.hexdigest()[:12]}"
+    return f"teacher-{settings.domain}-{h.hexdigest()[:12]}"
 
 
 def load_or_train_teacher(
-    settings: Mapping[str, Any],
+    settings: CourseSettings,
     splits: Mapping[str, TextSplit],
     device: torch.device | str,
     folder: Path | None = None,
@@ -131,10 +173,10 @@ def load_or_train_teacher(
     folder = checkpoints_dir() if folder is None else folder  # names KD_CHECKPOINT_DIR if unusable
     stem = Path(folder) / stem_name
     # what the stored record must repeat for the checkpoint to be reused (JSON-normalised)
-    wanted = json.loads(json.dumps({k: settings[k] for k in TEACHER_KEYS}, default=str))
+    wanted = json.loads(json.dumps(settings.teacher_key(), default=str))
     data_sha = hashlib.sha256("\n".join("|".join(splits[name].ids) for name in ("train", "validation"))
                               .encode()).hexdigest()
-    model, _ = load_teacher(None, pooling=settings["pooling"])
+    model, _ = load_teacher(None, pooling=settings.pooling)
     weights, _ = checkpoint_paths(stem)
     if retrain:
         reason = "retrain=True: trained again"
@@ -158,20 +200,21 @@ def load_or_train_teacher(
                 return model.to(device), info
         except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
             reason = f"checkpoint refused ({exc}): trained again"
-        model, _ = load_teacher(None, pooling=settings["pooling"])
+        model, _ = load_teacher(None, pooling=settings.pooling)
+    given = asdict(settings)
     profile = next((name for name, values in PROFILE_SETTINGS.items()
-                    if all(settings.get(k) == v for k, v in values.items())), None)
+                    if all(given[k] == v for k, v in asdict(values).items() if k not in ("domain", "seed"))), None)
     if profile is not None:  # the chapters' own teacher; exercises that vary it ask for that work
         log.warning(
             "No usable teacher checkpoint for these settings (%s). Fine-tuning the teacher now "
             "(chapter 03's step, saved so that later chapters reuse it): expect %s in the %s profile.",
             reason, TEACHER_TRAINING_TIME[profile], profile)
-    train = make_loader(splits["train"].examples(), settings["batch_size"], shuffle=True,
-                        device=device, seed=settings["seed"])
+    train = make_loader(splits["train"].examples(), settings.batch_size, shuffle=True,
+                        device=device, seed=settings.seed)
     val = make_loader(splits["validation"].examples(), 128, device=device)
-    history = fit(model, train, val, epochs=settings["epochs"], lr=settings["lr"], device=device,
-                  patience=1, desc="teacher")
-    record = {"settings": dict(settings), "data_sha256": data_sha, "history": history}
+    history = fit(model, train, val, config=TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1),
+                  device=device, desc="teacher")
+    record = {"settings": asdict(settings), "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
     return model, {"trained_now": True, "checkpoint": stem.name, "reason": reason, **record}
 
@@ -272,8 +315,8 @@ def train_student(
     """Train a student with the course loop (early stopping on validation accuracy); returns its history."""
     loader = make_loader(train, batch_size, shuffle=True, device=device, seed=seed)
     val = make_loader(validation.examples(), 256, device=device)
-    return fit(model, loader, val, loss_fn, epochs=epochs, lr=lr, device=device, patience=patience,
-               warmup_ratio=0.05, desc=desc)
+    config = TrainConfig(epochs=epochs, lr=lr, patience=patience, warmup_ratio=0.05)
+    return fit(model, loader, val, loss_fn, config, device=device, desc=desc)
 
 
 def model_report(model: nn.Module, name: str, test: TextSplit, device: torch.device | str,

@@ -38,6 +38,10 @@ from kdhelpers.chapters.lm.tokenizer import (  # noqa: F401
 )
 from kdhelpers.chapters.lm.training import (  # noqa: F401
     LM_PROFILE_SETTINGS,
+    LM_TEACHER_KEYS,
+    LMSettings,
+    LMSize,
+    LMTrainConfig,
     course_student,
     course_teacher,
     course_texts,

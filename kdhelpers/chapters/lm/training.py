@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,13 @@ from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.device import autocast, get_device
 from kdhelpers.paths import checkpoints_dir
 from kdhelpers.progress import progress_bar
-from kdhelpers.train import check_finite_parameters, warmup_linear_schedule
+from kdhelpers.train import (
+    KeepBest,
+    OptimiserStep,
+    adamw_with_warmup,
+    check_finite_parameters,
+    state_copy,
+)
 from kdhelpers.validate import check_int as _check_int
 from kdhelpers.validate import (
     check_number,
@@ -33,24 +38,112 @@ from kdhelpers.validate import (
     vocab_size_of,
 )
 
+
+@dataclass(frozen=True)
+class LMSize:
+    """The shape of a tiny GPT-2 (the keyword arguments of make_lm besides the vocabulary)."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head"):
+            _check_int(name, getattr(self, name), 1)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+
+@dataclass(frozen=True)
+class LMSettings:
+    """Chapter 10's sizes for one profile: texts, models, training and measurement (vary with dataclasses.replace)."""
+
+    teacher_snippets: int | None
+    student_snippets: int | None
+    val_snippets: int | None
+    test_snippets: int | None
+    max_len: int
+    teacher: LMSize
+    student: LMSize
+    tiny: LMSize
+    teacher_steps: int
+    teacher_batch: int
+    student_steps: int
+    batch_size: int
+    eval_every: int
+    lr: float
+    alpha: float
+    T: float
+    generated: int
+    speed_tokens: int
+    speed_rounds: int
+
+    def __post_init__(self) -> None:
+        for name in ("teacher_snippets", "student_snippets", "val_snippets", "test_snippets"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        for name in ("max_len", "teacher_steps", "teacher_batch", "student_steps", "batch_size", "eval_every",
+                     "generated", "speed_tokens", "speed_rounds"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("teacher", "student", "tiny"):
+            if not isinstance(getattr(self, name), LMSize):
+                raise TypeError(f"{name} must be an LMSize (got {type(getattr(self, name)).__name__})")
+        check_number("lr", self.lr, 0.0, strict_min=True)
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_number("T", self.T, 0.0, strict_min=True)
+
+
+#: The settings that name chapter 10's teacher checkpoint (hashed with the seed, vocabulary and data).
+LM_TEACHER_KEYS = ("teacher", "teacher_steps", "teacher_batch", "lr", "max_len")
+
 #: Sizes per profile for chapter 10 and its solutions (so both use one teacher checkpoint).
-LM_PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "quick": dict(teacher_snippets=2000, student_snippets=150, val_snippets=150, test_snippets=150, max_len=64,
-                  teacher=dict(n_layer=1, n_embd=48, n_head=2), student=dict(n_layer=1, n_embd=32, n_head=2),
-                  tiny=dict(n_layer=1, n_embd=16, n_head=2), teacher_steps=60, teacher_batch=32,
-                  student_steps=40, batch_size=16, eval_every=20, lr=3e-3, alpha=0.0, T=1.0, generated=150,
-                  speed_tokens=16, speed_rounds=3),
-    "standard": dict(teacher_snippets=None, student_snippets=250, val_snippets=600, test_snippets=1000, max_len=128,
-                     teacher=dict(n_layer=2, n_embd=128, n_head=4), student=dict(n_layer=2, n_embd=64, n_head=2),
-                     tiny=dict(n_layer=1, n_embd=32, n_head=2), teacher_steps=500, teacher_batch=32,
-                     student_steps=600, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0, generated=1000,
-                     speed_tokens=64, speed_rounds=7),
-    "full": dict(teacher_snippets=None, student_snippets=250, val_snippets=None, test_snippets=None, max_len=128,
-                 teacher=dict(n_layer=4, n_embd=256, n_head=4), student=dict(n_layer=2, n_embd=64, n_head=2),
-                 tiny=dict(n_layer=1, n_embd=32, n_head=2), teacher_steps=3000, teacher_batch=64,
-                 student_steps=1000, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0, generated=4000,
-                 speed_tokens=64, speed_rounds=7),
+LM_PROFILE_SETTINGS: dict[str, LMSettings] = {
+    "quick": LMSettings(teacher_snippets=2000, student_snippets=150, val_snippets=150, test_snippets=150,
+                        max_len=64, teacher=LMSize(n_layer=1, n_embd=48, n_head=2),
+                        student=LMSize(n_layer=1, n_embd=32, n_head=2), tiny=LMSize(n_layer=1, n_embd=16, n_head=2),
+                        teacher_steps=60, teacher_batch=32, student_steps=40, batch_size=16, eval_every=20,
+                        lr=3e-3, alpha=0.0, T=1.0, generated=150, speed_tokens=16, speed_rounds=3),
+    "standard": LMSettings(teacher_snippets=None, student_snippets=250, val_snippets=600, test_snippets=1000,
+                           max_len=128, teacher=LMSize(n_layer=2, n_embd=128, n_head=4),
+                           student=LMSize(n_layer=2, n_embd=64, n_head=2),
+                           tiny=LMSize(n_layer=1, n_embd=32, n_head=2), teacher_steps=500, teacher_batch=32,
+                           student_steps=600, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0,
+                           generated=1000, speed_tokens=64, speed_rounds=7),
+    "full": LMSettings(teacher_snippets=None, student_snippets=250, val_snippets=None, test_snippets=None,
+                       max_len=128, teacher=LMSize(n_layer=4, n_embd=256, n_head=4),
+                       student=LMSize(n_layer=2, n_embd=64, n_head=2), tiny=LMSize(n_layer=1, n_embd=32, n_head=2),
+                       teacher_steps=3000, teacher_batch=64, student_steps=1000, batch_size=16, eval_every=100,
+                       lr=3e-3, alpha=0.0, T=1.0, generated=4000, speed_tokens=64, speed_rounds=7),
 }
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    """Settings of `train_lm`: AdamW steps, batches, the KD loss mix, evaluation, schedule, clipping, seed."""
+
+    steps: int
+    batch_size: int = 32
+    lr: float = 3e-3
+    alpha: float = 1.0
+    temperature: float = 1.0
+    eval_every: int | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        check_seed("seed", self.seed)
+        check_number("lr", self.lr, 0.0, strict_min=True)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_number("temperature", self.temperature, 0.0, strict_min=True)
+        if self.eval_every is not None:
+            _check_int("eval_every", self.eval_every, 1)
 
 
 def _sample(items: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -97,37 +190,23 @@ def _bucketed_batches(seqs: Sequence[Sequence[int]], batch_size: int, gen: torch
 def train_lm(
     model: nn.Module,
     train_seqs: Sequence[Sequence[int]],
+    config: LMTrainConfig,
     *,
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 3e-3,
     teacher_logits: Sequence[torch.Tensor] | None = None,
-    alpha: float = 1.0,
-    temperature: float = 1.0,
     val_seqs: Sequence[Sequence[int]] | None = None,
-    eval_every: int | None = None,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.05,
-    max_grad_norm: float | None = 1.0,
-    seed: int = 0,
     device: torch.device | str | None = None,
     desc: str = "lm",
 ) -> dict[str, Any]:
-    """Train a causal LM for `steps` AdamW steps on shuffled batches; KD when teacher_logits (one per sequence) are given.
+    """Train a causal LM for `config.steps` AdamW steps on shuffled batches; KD when teacher_logits (one per sequence) are given.
 
-    With `val_seqs`, validation perplexity is measured every `eval_every` steps (and at the end)
-    and the best state is restored. Returns a history dict.
+    With `val_seqs`, validation perplexity is measured every `config.eval_every` steps (and at the
+    end) and the best state is restored. Returns a history dict.
     """
+    if not isinstance(config, LMTrainConfig):
+        raise TypeError(f"config must be an LMTrainConfig (got {type(config).__name__}): "
+                        "train_lm(model, seqs, LMTrainConfig(steps=100))")
     seqs = _check_sequences("train_seqs", train_seqs)
-    _check_int("steps", steps, 1)
-    _check_int("batch_size", batch_size, 1)
-    check_seed("seed", seed)
-    check_number("lr", lr, 0.0, strict_min=True)
-    check_number("weight_decay", weight_decay, 0.0)
-    check_number("warmup_ratio", warmup_ratio, 0.0, 1.0)
-    max_grad_norm = check_optional_positive("max_grad_norm", max_grad_norm)
-    check_number("alpha", alpha, 0.0, 1.0)
-    check_number("temperature", temperature, 0.0, strict_min=True)
+    steps, alpha = config.steps, config.alpha
     vocab = vocab_size_of(model)
     if vocab is not None:
         for name, group in (("train_seqs", seqs), ("val_seqs", val_seqs or [])):
@@ -143,26 +222,28 @@ def train_lm(
         if bad:
             raise ValueError(f"teacher_logits[{bad[0]}] must have shape (len(train_seqs[{bad[0]}]), vocab)")
     elif alpha != 1.0:
-        raise ValueError(f"alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)")
+        raise ValueError(f"config.alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)")
+    eval_every = steps
     if val_seqs is not None:
         val_seqs = _check_sequences("val_seqs", val_seqs)
-        eval_every = steps if eval_every is None else _check_int("eval_every", eval_every, 1)
+        eval_every = steps if config.eval_every is None else config.eval_every
     device = get_device() if device is None else torch.device(device)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = warmup_linear_schedule(optimizer, steps, warmup_ratio)
-    gen = torch.Generator().manual_seed(seed)
+    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay, steps,
+                                             config.warmup_ratio)
+    step_fn = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm)
+    gen = torch.Generator().manual_seed(config.seed)
     history: dict[str, Any] = {"step": [], "train_loss": [], "val_perplexity": [], "best_step": steps,
                                "best_val_perplexity": None, "tokens_seen": 0}
-    best_state, best_ppl, window = None, math.inf, []
+    best, window = KeepBest(higher_is_better=False), []
     order: list[list[int]] = []
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # dropout masks
+        torch.manual_seed(config.seed)  # dropout masks
         model.train()
         for step in progress_bar(range(1, steps + 1), desc):
             if not order:
-                order = _bucketed_batches(seqs, batch_size, gen)
+                order = _bucketed_batches(seqs, config.batch_size, gen)
             rows = order.pop(0)
             ids, mask = pad_batch([seqs[i] for i in rows])
             ids, mask = ids.to(device), mask.to(device)
@@ -171,15 +252,10 @@ def train_lm(
                 teacher = _pad_logits([teacher_logits[i] for i in rows], ids.shape[1]).to(device)
             with autocast(device):
                 logits = lm_logits(model, ids, mask)
-            loss = lm_loss(logits.float(), ids, mask, teacher, alpha=alpha, temperature=temperature)
+            loss = lm_loss(logits.float(), ids, mask, teacher, alpha=alpha, temperature=config.temperature)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr?")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            step_fn(loss)
             window.append(loss.item())
             history["tokens_seen"] += int(mask[:, 1:].sum())
             if val_seqs is not None and (step % eval_every == 0 or step == steps):
@@ -189,16 +265,14 @@ def train_lm(
                 history["train_loss"].append(sum(window) / len(window))
                 history["val_perplexity"].append(ppl)
                 window = []
-                if ppl < best_ppl:
-                    best_ppl, history["best_step"] = ppl, step
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                if best.offer(model, ppl, step):
+                    history["best_step"] = step
         if val_seqs is None:
             history["step"].append(steps)
             history["train_loss"].append(sum(window) / len(window))
         check_finite_parameters(model, f"{steps} steps")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        history["best_val_perplexity"] = best_ppl
+    if best.restore(model):
+        history["best_val_perplexity"] = best.value
     model.eval()
     history["seconds"] = time.perf_counter() - start
     return history
@@ -224,7 +298,7 @@ def load_or_train_lm(
     stem = (checkpoints_dir() if folder is None else Path(folder)) / name
     weights, _ = checkpoint_paths(stem)
     if weights.exists():
-        fresh = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        fresh = state_copy(model)
         try:
             record = load_checkpoint(model, stem)
             return {"trained_now": False, **record}
@@ -239,33 +313,38 @@ def course_teacher(
     vocab_size: int,
     train_seqs: Sequence[Sequence[int]],
     val_seqs: Sequence[Sequence[int]],
-    settings: Mapping[str, Any],
+    settings: LMSettings,
     seed: int = 0,
     device: torch.device | str | None = None,
     folder: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Chapter 10's teacher LM (`settings` from LM_PROFILE_SETTINGS): loaded from its checkpoint, else trained and saved."""
-    keys = ("teacher", "teacher_steps", "teacher_batch", "lr", "max_len")
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise ValueError(f"settings lack {missing} (see kdhelpers.chapters.lm.LM_PROFILE_SETTINGS)")
-    model = make_lm(vocab_size, n_positions=settings["max_len"], dropout=0.0, seed=seed, **settings["teacher"])
-    key = {k: settings[k] for k in keys}
+    _check_settings(settings)
+    model = make_lm(vocab_size, n_positions=settings.max_len, dropout=0.0, seed=seed, **asdict(settings.teacher))
+    values = asdict(settings)
+    key = {k: values[k] for k in LM_TEACHER_KEYS}
     name = f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
+    config = LMTrainConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, lr=settings.lr,
+                           eval_every=max(1, settings.teacher_steps // 5), seed=seed)
     record = load_or_train_lm(model, name, lambda m: train_lm(
-        m, train_seqs, steps=settings["teacher_steps"], batch_size=settings["teacher_batch"], lr=settings["lr"],
-        val_seqs=val_seqs, eval_every=max(1, settings["teacher_steps"] // 5), seed=seed, device=device,
-        desc="teacher"), folder)
+        m, train_seqs, config, val_seqs=val_seqs, device=device, desc="teacher"), folder)
     return model.to(get_device() if device is None else torch.device(device)), {"checkpoint": name, **record}
+
+
+def _check_settings(settings: object) -> None:
+    """Refuse anything but an LMSettings (old string-keyed dicts included), naming the fix."""
+    if not isinstance(settings, LMSettings):
+        raise TypeError(f"settings must be an LMSettings (got {type(settings).__name__}): take one from "
+                        "kdhelpers.chapters.lm.LM_PROFILE_SETTINGS, varied with dataclasses.replace")
 
 
 def course_student(
     vocab_size: int,
     train_seqs: Sequence[Sequence[int]],
     val_seqs: Sequence[Sequence[int]],
-    settings: Mapping[str, Any],
+    settings: LMSettings,
     *,
-    sizes: Mapping[str, int] | None = None,
+    sizes: LMSize | None = None,
     teacher_logits: Sequence[torch.Tensor] | None = None,
     alpha: float = 1.0,
     temperature: float = 1.0,
@@ -273,13 +352,14 @@ def course_student(
     device: torch.device | str | None = None,
     desc: str = "student",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh chapter-10 student (`settings["student"]` sizes unless `sizes`), trained on text or by KD; (model, history)."""
-    keys = ("student", "max_len", "student_steps", "batch_size", "lr", "eval_every")
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise ValueError(f"settings lack {missing} (see kdhelpers.chapters.lm.LM_PROFILE_SETTINGS)")
-    model = make_lm(vocab_size, n_positions=settings["max_len"], seed=seed, **(sizes or settings["student"]))
-    history = train_lm(model, train_seqs, steps=settings["student_steps"], batch_size=settings["batch_size"],
-                       lr=settings["lr"], teacher_logits=teacher_logits, alpha=alpha, temperature=temperature,
-                       val_seqs=val_seqs, eval_every=settings["eval_every"], seed=seed, device=device, desc=desc)
+    """A fresh chapter-10 student (`settings.student` sizes unless `sizes`), trained on text or by KD; (model, history)."""
+    _check_settings(settings)
+    sizes = settings.student if sizes is None else sizes
+    if not isinstance(sizes, LMSize):
+        raise TypeError(f"sizes must be an LMSize (got {type(sizes).__name__}): e.g. LMSize(n_layer=1, n_embd=16, n_head=2)")
+    model = make_lm(vocab_size, n_positions=settings.max_len, seed=seed, **asdict(sizes))
+    config = LMTrainConfig(steps=settings.student_steps, batch_size=settings.batch_size, lr=settings.lr, alpha=alpha,
+                           temperature=temperature, eval_every=settings.eval_every, seed=seed)
+    history = train_lm(model, train_seqs, config, teacher_logits=teacher_logits, val_seqs=val_seqs, device=device,
+                       desc=desc)
     return model, history
