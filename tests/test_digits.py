@@ -381,12 +381,26 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
     assert teacher_acc > 0.9 and student_acc > 0.8
 
 
-def test_train_student_is_make_student_plus_train_model() -> None:
+def test_train_image_student_matches_a_hand_written_full_batch_adam_loop() -> None:
+    """An independent reference: plain torch, seeded init, full-batch Adam for `epochs` steps.
+
+    Catches a wrong wrapper (other sizes, lr, epochs or seed) and a wrong shared step (gradients not
+    zeroed, a clip or a schedule that should not be there, a skipped optimiser step).
+    """
     import torch.nn.functional as F
+    from torch import nn
 
     data = digits.load_splits("digits", seed=0)
-    a = digits.train_image_student(data.x_train, data.y_train, F.cross_entropy, 3, epochs=5)
-    b = digits.make_image_student(data.n_features, seed=3)
-    digits.train_model(b, data.x_train, data.y_train, F.cross_entropy, epochs=5, lr=1e-2, seed=3)
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.equal(pa, pb)
+    x, y = data.x_train, data.y_train
+    student = digits.train_image_student(x, y, F.cross_entropy, 3, epochs=5)
+    torch.manual_seed(3)  # make_mlp's seeded init: Linear(64, 16), ReLU, Linear(16, 10)
+    ref = nn.Sequential(nn.Linear(data.n_features, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        opt.step()
+    assert [p.shape for p in student.parameters()] == [p.shape for p in ref.parameters()]
+    for got, want in zip(student.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert not student.training

@@ -1,12 +1,15 @@
 """kdhelpers.chapters.lm: character tokenizer, tiny GPT-2 LMs, token-level KD loss with padding, perplexity, sampling."""
 
+import dataclasses
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kdhelpers.chapters import lm
+from kdhelpers.chapters.lm import training as lm_training
 from kdhelpers.losses import distillation_loss
 
 TEXTS = ["Hello world.", "A cat sat.", "hello again!"]
@@ -202,7 +205,7 @@ def test_train_lm_is_exactly_repeatable_and_learns(tok):
     for _ in range(2):
         model = tiny(tok.vocab_size, seed=1, dropout=0.1)
         before = lm.perplexity(model, seqs, device="cpu")
-        hist = lm.train_lm(model, seqs, steps=30, batch_size=4, lr=1e-2, seed=5, device="cpu")
+        hist = lm.train_lm(model, seqs, lm.LMTrainConfig(steps=30, batch_size=4, lr=1e-2, seed=5), device="cpu")
         runs.append((before, lm.perplexity(model, seqs, device="cpu"), hist["train_loss"][0]))
     assert runs[0] == runs[1]
     assert math.isclose(runs[0][1], 5.679157, rel_tol=1e-4)  # recorded value (seed 1 model, seed 5 batches)
@@ -220,21 +223,24 @@ def test_train_lm_with_teacher_logits_and_validation(tok):
         ids, mask = lm.pad_batch(seqs[:1])
         assert torch.allclose(cached[0], lm.lm_logits(teacher, ids, mask)[0], atol=1e-5)
     student = tiny(tok.vocab_size, seed=8)
-    hist = lm.train_lm(student, seqs, steps=6, batch_size=3, lr=1e-2, teacher_logits=cached, alpha=0.0,
-                       temperature=2.0, val_seqs=seqs[:2], eval_every=2, device="cpu")
+    config = lm.LMTrainConfig(steps=6, batch_size=3, lr=1e-2, alpha=0.0, temperature=2.0, eval_every=2)
+    hist = lm.train_lm(student, seqs, config, teacher_logits=cached, val_seqs=seqs[:2], device="cpu")
     assert hist["step"] == [2, 4, 6] and len(hist["val_perplexity"]) == 3
     assert hist["best_val_perplexity"] == min(hist["val_perplexity"])
     assert math.isclose(lm.perplexity(student, seqs[:2], device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6)
     with pytest.raises(ValueError, match="one tensor per sequence"):
-        lm.train_lm(student, seqs, steps=1, teacher_logits=cached[:2], alpha=0.0, device="cpu")
+        lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.0), teacher_logits=cached[:2], device="cpu")
     with pytest.raises(ValueError, match="must have shape"):
-        lm.train_lm(student, seqs, steps=1, teacher_logits=[c[:-1] for c in cached], alpha=0.0, device="cpu")
+        lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.0), teacher_logits=[c[:-1] for c in cached],
+                    device="cpu")
     with pytest.raises(ValueError, match="needs teacher_logits"):
-        lm.train_lm(student, seqs, steps=1, alpha=0.5, device="cpu")
+        lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.5), device="cpu")
     with pytest.raises(ValueError, match="fewer than 2"):
-        lm.train_lm(student, [[1]], steps=1, device="cpu")
+        lm.train_lm(student, [[1]], lm.LMTrainConfig(steps=1), device="cpu")
     with pytest.raises(ValueError, match="steps"):
-        lm.train_lm(student, seqs, steps=0, device="cpu")
+        lm.LMTrainConfig(steps=0)
+    with pytest.raises(TypeError, match="LMTrainConfig"):
+        lm.train_lm(student, seqs, {"steps": 1}, device="cpu")
 
 
 def test_sample_is_seeded_and_well_formed(tok):
@@ -302,7 +308,7 @@ def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
     name = "lm-" + lm.lm_fingerprint({"steps": 3}, seqs)
     assert name != "lm-" + lm.lm_fingerprint({"steps": 4}, seqs)
     first = tiny(tok.vocab_size)
-    rec = lm.load_or_train_lm(first, name, lambda m: lm.train_lm(m, seqs, steps=3, device="cpu"), folder=tmp_path)
+    rec = lm.load_or_train_lm(first, name, lambda m: lm.train_lm(m, seqs, lm.LMTrainConfig(steps=3), device="cpu"), folder=tmp_path)
     assert rec["trained_now"]
     second = tiny(tok.vocab_size, seed=5)
     rec2 = lm.load_or_train_lm(second, name, lambda m: pytest.fail("should load"), folder=tmp_path)
@@ -312,15 +318,57 @@ def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
         lm.load_or_train_lm(second, "a/b", lambda m: {}, folder=tmp_path)
 
 
-def test_course_student_is_train_lm_on_a_fresh_seeded_model(tok):
-    settings = {**lm.LM_PROFILE_SETTINGS["quick"], "student_steps": 4, "eval_every": 2}
+def test_course_student_follows_the_student_settings(tok, monkeypatch):
+    """The wrapper's contract, spelled out: which settings become the model and the training run.
+
+    The settings are varied so that every field it could confuse (teacher_batch / batch_size,
+    teacher_steps / student_steps, teacher / student sizes) holds a different value.
+    """
+    settings = replace(lm.LM_PROFILE_SETTINGS["quick"], student_steps=4, eval_every=2, batch_size=2,
+                       teacher_batch=7, teacher_steps=9, lr=5e-3, max_len=40,
+                       student=lm.LMSize(n_layer=2, n_embd=24, n_head=3))
     seqs = tok.encode_batch(["a cat sat", "the dog ran", "a bird flew", "cats and dogs"])
-    model, hist = lm.course_student(tok.vocab_size, seqs, seqs[:2], settings, seed=3, device="cpu")
-    ref = lm.make_lm(tok.vocab_size, n_positions=settings["max_len"], seed=3, **settings["student"])
-    ref_hist = lm.train_lm(ref, seqs, steps=4, batch_size=settings["batch_size"], lr=settings["lr"],
-                           val_seqs=seqs[:2], eval_every=2, seed=3, device="cpu")
-    assert hist["val_perplexity"] == ref_hist["val_perplexity"]
-    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="settings lack"):
+    val = seqs[:2]
+    model, hist = lm.course_student(tok.vocab_size, seqs, val, settings, seed=3, device="cpu")
+    c = model.config
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_positions, c.vocab_size) == (2, 24, 3, 40, tok.vocab_size)
+    assert hist["step"] == [2, 4] and len(hist["val_perplexity"]) == 2
+    # 4 steps of 2 of the 4 sequences: every sequence twice (predicted tokens = length - 1)
+    assert hist["tokens_seen"] == 2 * sum(len(s) - 1 for s in seqs)
+    assert math.isclose(lm.perplexity(model, val, device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6)
+    tiny_model, _ = lm.course_student(tok.vocab_size, seqs, val, settings, sizes=settings.tiny, device="cpu")
+    assert (tiny_model.config.n_layer, tiny_model.config.n_embd) == (1, 16)
+
+    calls = []
+    real = lm_training.train_lm
+
+    def spy(model, train, config, **kw):
+        calls.append((train, config, kw))
+        return real(model, train, config, **kw)
+
+    monkeypatch.setattr(lm_training, "train_lm", spy)
+    teacher = lm.token_logits(tiny(tok.vocab_size, n_positions=40), seqs, device="cpu", dtype=torch.float32)
+    lm.course_student(tok.vocab_size, seqs, val, settings, teacher_logits=teacher, alpha=0.25, temperature=3.0,
+                      seed=4, device="cpu", desc="kd")
+    ((train, config, kw),) = calls
+    assert train is seqs and kw["teacher_logits"] is teacher and kw["val_seqs"] is val and kw["desc"] == "kd"
+    assert config == lm.LMTrainConfig(steps=4, batch_size=2, lr=5e-3, alpha=0.25, temperature=3.0, eval_every=2,
+                                      seed=4)
+    with pytest.raises(TypeError, match="LMSettings"):
         lm.course_student(tok.vocab_size, seqs, seqs[:2], {"max_len": 64})
+
+
+def test_lm_settings_are_frozen_and_keep_the_teacher_checkpoint_names():
+    quick = lm.LM_PROFILE_SETTINGS["quick"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="student_steps"):
+        replace(quick, student_steps=0)
+    with pytest.raises(ValueError, match="n_embd"):
+        lm.LMSize(n_layer=1, n_embd=10, n_head=3)
+    seqs = [[1, 2, 3], [4, 5]]
+    # the name the dict era gave this teacher (computed from the old dict before the change)
+    assert lm_training._lm_teacher_name(quick, 40, 0, seqs) == "lm-teacher-f745bde52a4a"
+    # student settings do not name the teacher; teacher settings do
+    assert lm_training._lm_teacher_name(replace(quick, student_steps=1), 40, 0, seqs) == "lm-teacher-f745bde52a4a"
+    assert lm_training._lm_teacher_name(replace(quick, teacher_steps=61), 40, 0, seqs) != "lm-teacher-f745bde52a4a"

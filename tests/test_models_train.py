@@ -1,5 +1,6 @@
 """Students, teacher loading, checkpoints and the training loop on tiny configurations."""
 
+import socket
 import time
 
 import pytest
@@ -17,7 +18,14 @@ from kdhelpers.models import (
     model_size_mb,
     tiny_bert_student,
 )
-from kdhelpers.train import cross_entropy_loss, evaluate, fit, make_kd_loss, warmup_linear_schedule
+from kdhelpers.train import (
+    TrainConfig,
+    cross_entropy_loss,
+    evaluate,
+    fit,
+    make_kd_loss,
+    warmup_linear_schedule,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +51,45 @@ def toy_examples(n=64, vocab=50, seed=0, with_teacher=False):
     return TextExamples(ids, labels, teacher_logits)
 
 
-def test_packaged_teacher_loads_offline(teacher, monkeypatch):
-    model, tok = teacher
+def _block_network(monkeypatch) -> list:
+    """Make every DNS look-up and socket connection fail at once; returns the list of attempts."""
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network blocked by the test")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def test_packaged_teacher_loads_with_the_network_blocked(monkeypatch):
+    """No HF_HUB_OFFLINE here: a hub look-up would reach the blocked sockets and be recorded."""
+    attempts = _block_network(monkeypatch)
+    model, tok = load_teacher()  # loaded now, not by the module fixture (which ran with a network)
     assert count_parameters(model) == pytest.approx(22.7e6, rel=0.01)
     assert model.config.num_labels == 2 and model.config.hidden_size == 384
     batch = tok(["a fine film"], return_tensors="pt")
     assert logits_of(model(**batch)).shape == (1, 2)
+    assert attempts == [], f"loading the packaged teacher tried the network: {attempts}"
 
 
-def test_hub_name_fails_fast_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_name_fails_fast_and_clearly_offline(monkeypatch):
+    attempts = _block_network(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # declared offline: refused without touching the network
     start = time.perf_counter()
-    with pytest.raises(OSError, match="packaged teacher"):
+    with pytest.raises(OSError, match=r"HF_HUB_OFFLINE is set.*load_teacher\(None\)"):
         load_teacher("bert-base-uncased")
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 5 and attempts == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # not declared, but unreachable: the probe fails, fast
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"unreachable.*load_teacher\(None\)"):
+        load_teacher("bert-base-uncased")
+    assert time.perf_counter() - start < 5 and attempts
 
 
 def test_bad_teacher_arguments(tmp_path):
@@ -158,7 +191,7 @@ def test_fit_learns_the_toy_task_and_is_repeatable():
         model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
         train = make_loader(toy_examples(256, seed=1), 32, shuffle=True, seed=0)
         val = make_loader(toy_examples(128, seed=2), 64)
-        hist = fit(model, train, val, epochs=20, lr=2e-2, device="cpu", patience=None)
+        hist = fit(model, train, val, config=TrainConfig(epochs=20, lr=2e-2, patience=None), device="cpu")
         return model, hist, val
 
     model, hist, val = run()
@@ -174,7 +207,7 @@ def test_fit_with_kd_loss_on_partly_unlabelled_data(tmp_path):
     data.labels[100:] = -1  # half unlabelled: only the teacher speaks for them
     model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
     hist = fit(model, make_loader(data, 32, shuffle=True), make_loader(toy_examples(100, seed=5), 50),
-               make_kd_loss(alpha=0.3, temperature=2.0), epochs=20, lr=2e-2, device="cpu",
+               make_kd_loss(alpha=0.3, temperature=2.0), TrainConfig(epochs=20, lr=2e-2), device="cpu",
                checkpoint=tmp_path / "best")
     assert hist["best_val_accuracy"] > 0.9
     assert (tmp_path / "best.safetensors").exists()
@@ -191,7 +224,9 @@ def test_loss_functions_reject_bad_settings():
     with pytest.raises(ValueError, match="labelled"):
         cross_entropy_loss(torch.zeros(2, 2), {"labels": torch.tensor([-1, -1])})
     with pytest.raises(ValueError, match="epochs"):
-        fit(BagOfEmbeddingsStudent(50), make_loader(toy_examples(8), 4), None, epochs=0)
+        TrainConfig(epochs=0)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        fit(BagOfEmbeddingsStudent(50), make_loader(toy_examples(8), 4), None, config={"epochs": 1})
 
 
 def test_warmup_schedule_shape():

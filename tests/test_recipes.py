@@ -1,9 +1,16 @@
 """The shared teacher recipe: train once, reload from its checkpoint, recompute on any change."""
 
+import dataclasses
+from dataclasses import replace
+
 import pytest
 import torch
 
 from kdhelpers.chapters.recipes import (
+    PROFILE_SETTINGS,
+    CourseSettings,
+    _teacher_name,
+    course_settings,
     load_or_train_teacher,
     split_accuracy,
     teacher_logits,
@@ -21,8 +28,41 @@ def splits():
     return tokenize_splits(ds, tok, max_length=24)
 
 
-SETTINGS = dict(domain="movies", seed=0, n_train=24, pooling="mean", max_length=24, epochs=1, lr=1e-4,
-                batch_size=8)
+SETTINGS = CourseSettings(domain="movies", seed=0, n_train=24, pooling="mean", max_length=24, epochs=1, lr=1e-4,
+                          batch_size=8)
+
+
+class _Ids:
+    """A stand-in split: only its example ids matter for the checkpoint name."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+
+def test_teacher_names_are_the_hashes_of_the_dict_settings_they_replaced():
+    """The names (and so the checkpoints) of the dict era: computed from the old dicts before the change."""
+    fake = {"train": _Ids(["a", "b"]), "validation": _Ids(["c"])}
+    names = [_teacher_name(course_settings(p, 0), fake) for p in ("quick", "standard", "full")]
+    assert names == ["teacher-movies-eb36bafbe44e", "teacher-movies-73a4c1dc6b47", "teacher-movies-e513f77af974"]
+    assert _teacher_name(SETTINGS, fake) == "teacher-movies-02b24ba33c05"
+    # a field outside TEACHER_KEYS leaves the name alone, one inside changes it
+    assert _teacher_name(replace(SETTINGS, n_test=5), fake) == "teacher-movies-02b24ba33c05"
+    assert _teacher_name(replace(SETTINGS, lr=2e-4), fake) != "teacher-movies-02b24ba33c05"
+
+
+def test_course_settings_are_frozen_checked_and_varied_with_replace():
+    quick = course_settings("quick", seed=3, domain="books")
+    assert (quick.seed, quick.domain, quick.n_train) == (3, "books", PROFILE_SETTINGS["quick"].n_train)
+    assert PROFILE_SETTINGS["quick"].seed == 0  # the shared table is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.n_train = 5  # type: ignore[misc]
+    assert replace(quick, n_train=40).n_train == 40
+    with pytest.raises(ValueError, match="pooling"):
+        replace(quick, pooling="max")
+    with pytest.raises(ValueError, match="n_train"):
+        replace(quick, n_train=0)
+    with pytest.raises(TypeError, match="lr"):
+        replace(quick, lr="1e-4")
 
 
 def test_tokenized_splits_keep_ids_and_hide_nothing_by_accident(splits):
@@ -43,7 +83,7 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
     acc = split_accuracy(second, splits["test"], "cpu")
     assert acc == split_accuracy(first, splits["test"], "cpu")
     # other settings, other checkpoint
-    _, info3 = load_or_train_teacher({**SETTINGS, "lr": 2e-4}, splits, "cpu", folder=tmp_path)
+    _, info3 = load_or_train_teacher(replace(SETTINGS, lr=2e-4), splits, "cpu", folder=tmp_path)
     assert info3["trained_now"] and info3["checkpoint"] != info["checkpoint"]
     # a damaged checkpoint is retrained, not trusted
     weights = tmp_path / f"{info['checkpoint']}.safetensors"
@@ -54,7 +94,7 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
     logits = teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path)
     assert logits.shape == (20, 2)
     torch.testing.assert_close(teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path), logits)
-    with pytest.raises(ValueError, match="settings"):
+    with pytest.raises(TypeError, match="settings must be CourseSettings"):
         load_or_train_teacher({"domain": "movies"}, splits, "cpu", folder=tmp_path)
 
 
@@ -81,13 +121,13 @@ def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(spl
     from kdhelpers.chapters import recipes
 
     calls = []
-    monkeypatch.setattr(recipes, "fit", lambda *a, **k: calls.append(k["lr"]) or {"epochs": 0})
+    monkeypatch.setattr(recipes, "fit", lambda *a, **k: calls.append(k["config"].lr) or {"epochs": 0})
     _, first = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
     assert first["trained_now"] and "no checkpoint" in first["reason"]
     _, again = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
     assert not again["trained_now"] and "verified" in again["reason"]
     # a checkpoint of other settings copied to this one's name is not reused
-    other = {**SETTINGS, "lr": 2e-4}
+    other = replace(SETTINGS, lr=2e-4)
     _, info = load_or_train_teacher(other, splits, "cpu", folder=tmp_path)
     for ext in ("safetensors", "json"):
         (tmp_path / f"{first['checkpoint']}.{ext}").write_bytes((tmp_path / f"{info['checkpoint']}.{ext}").read_bytes())

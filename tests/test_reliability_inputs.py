@@ -26,7 +26,14 @@ from kdhelpers.metrics import (
     reliability_bins,
 )
 from kdhelpers.models import BagOfEmbeddingsStudent, CNNStudent, tiny_bert_student
-from kdhelpers.train import cross_entropy_loss, evaluate, fit, make_kd_loss, warmup_linear_schedule
+from kdhelpers.train import (
+    TrainConfig,
+    cross_entropy_loss,
+    evaluate,
+    fit,
+    make_kd_loss,
+    warmup_linear_schedule,
+)
 from kdhelpers.validate import check_seed
 
 mpmath.mp.dps = 150
@@ -241,7 +248,7 @@ def test_fit_refuses_bad_settings_before_touching_the_model(kwargs, word):
     model = tiny_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises((ValueError, TypeError), match=word):
-        fit(model, tiny_loader(), None, device="cpu", use_amp=False, **{"epochs": 1, **kwargs})
+        fit(model, tiny_loader(), None, config=TrainConfig(**{"epochs": 1, "use_amp": False, **kwargs}), device="cpu")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -257,7 +264,7 @@ def test_fit_refuses_bad_settings_before_touching_the_model(kwargs, word):
 def test_train_lm_refuses_bad_settings(kwargs, word):
     model = lm.make_lm(8, n_layer=1, n_embd=8, n_head=2, n_positions=16)
     with pytest.raises((ValueError, TypeError), match=word):
-        lm.train_lm(model, [[1, 4, 5, 2]] * 4, steps=1, batch_size=2, device="cpu", **kwargs)
+        lm.train_lm(model, [[1, 4, 5, 2]] * 4, lm.LMTrainConfig(steps=1, batch_size=2, **kwargs), device="cpu")
 
 
 @pytest.mark.parametrize("ratio", [float("nan"), -0.1, 2.0])
@@ -271,7 +278,8 @@ def test_fit_clipping_still_descends():
     model = tiny_classifier()
     loader = tiny_loader()
     first = evaluate(model, loader, "cpu")["loss"]
-    fit(model, loader, None, epochs=5, lr=0.05, max_grad_norm=0.5, warmup_ratio=0.0, device="cpu", use_amp=False)
+    fit(model, loader, None, config=TrainConfig(epochs=5, lr=0.05, max_grad_norm=0.5, warmup_ratio=0.0, use_amp=False),
+        device="cpu")
     assert evaluate(model, loader, "cpu")["loss"] < first
 
 
@@ -337,7 +345,7 @@ def test_tensors_on_another_device_are_named(where):
 def test_labels_out_of_range_in_the_training_loop_are_named(labels):
     loader = tiny_loader(labels + [0, 1])
     with pytest.raises(ValueError, match="labels.*num_labels"):
-        fit(tiny_classifier(), loader, None, epochs=1, device="cpu", use_amp=False)
+        fit(tiny_classifier(), loader, None, config=TrainConfig(epochs=1, use_amp=False), device="cpu")
     with pytest.raises(ValueError, match="labels"):
         evaluate(tiny_classifier(), loader, "cpu")
     kd = make_kd_loss(0.5, 2.0)
@@ -378,7 +386,7 @@ def test_lm_token_ids_from_a_larger_tokenizer_are_named(bad):
     with pytest.raises(ValueError, match="vocabulary of 8"):
         lm.perplexity(model, bad, device="cpu")
     with pytest.raises(ValueError, match="train_seqs.*vocabulary"):
-        lm.train_lm(model, bad, steps=1, batch_size=1, device="cpu")
+        lm.train_lm(model, bad, lm.LMTrainConfig(steps=1, batch_size=1), device="cpu")
 
 
 def test_projection_of_the_wrong_width_is_named():

@@ -53,10 +53,10 @@ class CourseSettings:
     domain: str = "movies"
     seed: int = 0
     n_train: int | None
-    n_validation: int | None
-    n_test: int | None
-    n_unlabeled: int | None
-    pooling: str
+    n_validation: int | None = None
+    n_test: int | None = None
+    n_unlabeled: int | None = None
+    pooling: str = "mean"
     max_length: int
     epochs: int
     lr: float

@@ -321,14 +321,19 @@ def course_teacher(
     """Chapter 10's teacher LM (`settings` from LM_PROFILE_SETTINGS): loaded from its checkpoint, else trained and saved."""
     _check_settings(settings)
     model = make_lm(vocab_size, n_positions=settings.max_len, dropout=0.0, seed=seed, **asdict(settings.teacher))
-    values = asdict(settings)
-    key = {k: values[k] for k in LM_TEACHER_KEYS}
-    name = f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
+    name = _lm_teacher_name(settings, vocab_size, seed, train_seqs)
     config = LMTrainConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, lr=settings.lr,
                            eval_every=max(1, settings.teacher_steps // 5), seed=seed)
     record = load_or_train_lm(model, name, lambda m: train_lm(
         m, train_seqs, config, val_seqs=val_seqs, device=device, desc="teacher"), folder)
     return model.to(get_device() if device is None else torch.device(device)), {"checkpoint": name, **record}
+
+
+def _lm_teacher_name(settings: LMSettings, vocab_size: int, seed: int, train_seqs: Sequence[Sequence[int]]) -> str:
+    """The teacher's checkpoint stem: a hash of its LM_TEACHER_KEYS settings, seed, vocabulary and data."""
+    values = asdict(settings)
+    key = {k: values[k] for k in LM_TEACHER_KEYS}
+    return f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
 
 
 def _check_settings(settings: object) -> None:
