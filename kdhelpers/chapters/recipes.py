@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -61,6 +62,10 @@ class CourseSettings:
     epochs: int
     lr: float
     batch_size: int
+
+    def replace(self, **changes: Any) -> CourseSettings:
+        """A copy with `changes` applied (dataclasses.replace; the copy is checked again)."""
+        return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.domain, str) or not self.domain:

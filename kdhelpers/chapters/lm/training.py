@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -77,6 +78,10 @@ class LMSettings:
     generated: int
     speed_tokens: int
     speed_rounds: int
+
+    def replace(self, **changes: Any) -> LMSettings:
+        """A copy with `changes` applied (dataclasses.replace; the copy is checked again)."""
+        return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
         for name in ("teacher_snippets", "student_snippets", "val_snippets", "test_snippets"):
