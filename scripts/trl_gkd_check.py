@@ -1,4 +1,4 @@
-"""Run TRL's GKDTrainer and kdhelpers.onpolicy.distill_on_policy on the same tiny course-style LMs, offline.
+"""Run TRL's GKDTrainer and kdhelpers.chapters.lm.onpolicy.distill_on_policy on the same tiny course-style LMs, offline.
 
 Needs `trl` (see docs/onpolicy-notes.md: a separate virtualenv). Both students start from the
 same weights and are distilled from the same (briefly trained) teacher with the same settings;
@@ -22,8 +22,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from kdhelpers import lm  # noqa: E402
-from kdhelpers.onpolicy import EvalConfig, OnPolicyConfig, distill_on_policy, sample_metrics  # noqa: E402
+from kdhelpers.chapters import lm  # noqa: E402
+from kdhelpers.chapters.lm.onpolicy import (  # noqa: E402
+    EvalConfig,
+    OnPolicyConfig,
+    distill_on_policy,
+    sample_metrics,
+)
 
 TEXTS = [
     "the food was great and the service was friendly.", "i loved this movie, the acting was superb!",

@@ -1,4 +1,4 @@
-"""kdhelpers.onpolicy: GKD-style on-policy distillation of tiny character LMs, generation helpers, sample metrics."""
+"""kdhelpers.chapters.lm.onpolicy: GKD-style on-policy distillation of tiny character LMs, generation helpers, sample metrics."""
 
 import copy
 import math
@@ -8,10 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdhelpers import lm
-from kdhelpers.divergences import DivergenceConfig
-from kdhelpers.losses import kd_kl
-from kdhelpers.onpolicy import (
+from kdhelpers.chapters import lm
+from kdhelpers.chapters.lm.onpolicy import (
     FORBIDDEN_IDS,
     EvalConfig,
     OnPolicyConfig,
@@ -26,6 +24,8 @@ from kdhelpers.onpolicy import (
     sample_metrics,
     sequence_kd_targets,
 )
+from kdhelpers.divergences import DivergenceConfig
+from kdhelpers.losses import kd_kl
 
 TEXTS = ["the cat sat.", "a dog ran!", "the end", "hat and mat", "o", "cats sat on mats"]
 K, NEW = 3, 6
@@ -272,7 +272,7 @@ def test_distinct_n_and_repetition_rate_by_hand():
 
 
 def test_continuation_perplexity_matches_lm_perplexity(seqs, teacher):
-    # prompt_len=1 (just bos) scores every target, as kdhelpers.lm.perplexity does
+    # prompt_len=1 (just bos) scores every target, as kdhelpers.chapters.lm.perplexity does
     assert continuation_perplexity(teacher, seqs, 1, batch_size=4) == pytest.approx(
         lm.perplexity(teacher, seqs, device="cpu"), rel=1e-6)
     # and by hand for a prompt of K tokens

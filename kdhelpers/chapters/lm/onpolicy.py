@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdhelpers.chapters.lm.model import lm_logits
+from kdhelpers.chapters.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_batch
 from kdhelpers.device import get_device
 from kdhelpers.divergences import DIVERGENCES, Divergence, DivergenceConfig, token_divergence
-from kdhelpers.lm import BOS_ID, EOS_ID, PAD_ID, UNK_ID, lm_logits, pad_batch
 from kdhelpers.progress import progress_bar
 from kdhelpers.validate import (
     check_int,
@@ -37,7 +38,7 @@ from kdhelpers.validate import (
     check_token_lists,
 )
 
-#: Ids never sampled (as in `kdhelpers.lm.sample`): padding, bos and unk.
+#: Ids never sampled (as in `kdhelpers.chapters.lm.sample`): padding, bos and unk.
 FORBIDDEN_IDS = (PAD_ID, BOS_ID, UNK_ID)
 
 
@@ -276,7 +277,7 @@ def sequence_kd_targets(
     """Kim and Rush's sequence-level KD data: each sequence's first `prompt_len` tokens + the teacher's greedy continuation.
 
     Sequences not longer than `prompt_len` are skipped (see `onpolicy_prompts`). Train the student
-    on the result with plain cross-entropy (e.g. `kdhelpers.lm.train_lm`, alpha=1).
+    on the result with plain cross-entropy (e.g. `kdhelpers.chapters.lm.train_lm`, alpha=1).
     """
     pool = onpolicy_prompts(seqs, prompt_len)
     return greedy_continuations(teacher, [s[:prompt_len] for s in pool], max_new_tokens, batch_size=batch_size)
