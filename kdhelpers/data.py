@@ -142,7 +142,11 @@ def _read_ratings(path: Path) -> dict[str, list[int]]:
 
 
 def _check_domain(domain: str) -> None:
-    """Raise ValueError unless `domain` is a known VADER or Hub domain."""
+    """Raise TypeError/ValueError unless `domain` is the name of a known VADER or Hub domain."""
+    if not isinstance(domain, str):
+        kind = type(domain).__name__
+        raise TypeError(f"domain must be one domain name such as 'movies' (got a {kind}: {domain!r}); "
+                        "load several domains with one call each")
     if domain not in VADER_DOMAINS and domain not in HUB_DOMAINS:
         valid = ", ".join(repr(d) for d in (*VADER_DOMAINS, *HUB_DOMAINS))
         raise ValueError(f"unknown sentiment domain {domain!r}; valid domains: {valid}")

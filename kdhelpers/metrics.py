@@ -1,4 +1,4 @@
-"""Metrics and the JSON results each notebook writes."""
+"""Metrics on logits: accuracy, calibration (reliability bins, ECE, temperature fitting) and CPU latency."""
 
 from __future__ import annotations
 

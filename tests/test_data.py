@@ -613,3 +613,9 @@ def test_killed_fetch_folders_are_removed_even_when_the_data_is_verified(
         (tmp_path / name / "tweets_GroundTruth.txt").write_text("debris")
     assert fetch_vader_corpora(tmp_path) == tmp_path / "vader"
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [["movies"], ("movies", "nyt"), None, 3, b"movies"])
+def test_domain_that_is_not_one_name_is_refused_clearly(bad):
+    with pytest.raises((TypeError, ValueError), match="domain"):
+        load_sentiment(bad)
