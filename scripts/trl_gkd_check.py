@@ -84,7 +84,7 @@ def main() -> None:
     held_out = tok.encode_batch(HELD_OUT)
     teacher = lm.make_lm(tok.vocab_size, n_layer=1, n_embd=48, n_head=2, n_positions=64, dropout=0.0, seed=SEED)
     start = time.perf_counter()
-    lm.train_lm(teacher, seqs, steps=150, batch_size=16, lr=1e-2, seed=SEED, device="cpu")
+    lm.train_lm(teacher, seqs, lm.LMTrainConfig(steps=150, batch_size=16, lr=1e-2, seed=SEED), device="cpu")
     print(f"teacher trained in {time.perf_counter() - start:.0f} s; held-out perplexity "
           f"{lm.perplexity(teacher, held_out, device='cpu'):.2f}")
     student0 = lm.make_lm(tok.vocab_size, n_layer=1, n_embd=16, n_head=2, n_positions=64, dropout=0.0, seed=SEED + 1)

@@ -30,6 +30,7 @@ from kdhelpers.chapters.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_
 from kdhelpers.device import get_device
 from kdhelpers.divergences import DIVERGENCES, Divergence, DivergenceConfig, token_divergence
 from kdhelpers.progress import progress_bar
+from kdhelpers.train import OptimiserStep
 from kdhelpers.validate import (
     check_int,
     check_number,
@@ -332,6 +333,7 @@ def distill_on_policy(
     teacher.to(device).eval()
     loss_config = config.divergence_config
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = OptimiserStep(optimizer, None, tuple(student.parameters()), config.max_grad_norm)  # constant lr, as TRL
     batch_gen = torch.Generator().manual_seed(config.seed)
     sample_gen = torch.Generator().manual_seed(config.seed + 1)  # torch seeds go up to 2**64 - 1
     coin = random.Random(config.seed)
@@ -371,11 +373,7 @@ def distill_on_policy(
             loss = token_divergence(student_logits[:, :-1].float(), teacher_logits[:, :-1], loss_config, mask)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {history['steps_run'] + 1}: lower lr?")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
-            optimizer.step()
+            step(loss)
             history["teacher_tokens"] = history["teacher_scored_tokens"] + history["teacher_generated_tokens"]
             history["loss"].append(float(loss.detach()))
             history["on_policy"].append(on_policy)
