@@ -97,7 +97,7 @@ def _backward(loss: torch.Tensor) -> None:
 class OptimiserStep:
     """One optimiser step: zero the gradients, backward (scaled under AMP), unscale, clip, step, schedule.
 
-    `backward` and `clip` default to `loss.backward()` and `torch.nn.utils.clip_grad_norm_`; under
+    `backward_fn` and `clip_fn` default to `loss.backward()` and `torch.nn.utils.clip_grad_norm_`; under
     Accelerate pass `accelerator.backward` and `accelerator.clip_grad_norm_` (Accelerate then does the
     loss scaling, so `scaler` stays None). Call the step with a loss, or, with gradient accumulation,
     call `backward` per micro-batch, then `update` and `zero_grad`.

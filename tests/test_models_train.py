@@ -19,6 +19,8 @@ from kdhelpers.models import (
     tiny_bert_student,
 )
 from kdhelpers.train import (
+    KeepBest,
+    OptimiserStep,
     TrainConfig,
     cross_entropy_loss,
     evaluate,
@@ -274,3 +276,62 @@ def test_without_dropout_zeroes_every_dropout_and_makes_train_mode_deterministic
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask))
     with pytest.raises(TypeError, match="nn.Module"):
         without_dropout("not a model")
+
+
+def _linear_step(**kw):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return model, OptimiserStep(opt, parameters=tuple(model.parameters()), **kw)
+
+
+def _loss(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (model(torch.randn(8, 4, generator=g)) ** 2).sum() * 10
+
+
+def test_optimiser_step_clips_after_unscaling_and_accumulates():
+    # reference by hand: gradient, clipped to norm 1, one SGD step
+    ref, _ = _linear_step()
+    grads = torch.autograd.grad(_loss(ref), list(ref.parameters()))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm > 1  # so clipping matters
+    want = [p.detach() - 0.5 * g / (norm + 1e-6) for p, g in zip(ref.parameters(), grads, strict=True)]
+    for kw in ({}, {"scaler": torch.amp.GradScaler("cpu", init_scale=2.0**10)}):
+        model, step = _linear_step(max_grad_norm=1.0, **kw)
+        step(_loss(model))  # under the scaler: unscaled before clipping, else the clip would see 1024x
+        for p, w in zip(model.parameters(), want, strict=True):
+            torch.testing.assert_close(p.detach(), w)
+    # two backward calls then one update = one step on the summed loss
+    a, step_a = _linear_step()
+    step_a.zero_grad()
+    step_a.backward(_loss(a, 1))
+    step_a.backward(_loss(a, 2))
+    step_a.update()
+    b, step_b = _linear_step()
+    step_b(_loss(b, 1) + _loss(b, 2))
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    # Accelerate-style: backward and clipping are the callables given
+    calls = []
+    c, step_c = _linear_step(max_grad_norm=2.0, backward_fn=lambda loss: calls.append("backward") or loss.backward(),
+                             clip_fn=lambda params, norm: calls.append(("clip", len(params), norm)))
+    step_c(_loss(c))
+    assert calls == ["backward", ("clip", 2, 2.0)]
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        _linear_step(max_grad_norm=0.0)
+
+
+def test_keep_best_keeps_a_copy_of_the_best_weights():
+    model = torch.nn.Linear(2, 1)
+    best = KeepBest(higher_is_better=False)
+    assert not best.restore(model)  # nothing kept yet: the model is left alone
+    assert best.offer(model, 3.0, at=1)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on in place: the kept copy must not follow
+    assert not best.offer(model, 3.0, at=2)  # ties do not replace the best
+    assert not best.offer(model, 4.0, at=3)
+    assert (best.value, best.at) == (3.0, 1)
+    assert best.restore(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
