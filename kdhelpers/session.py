@@ -1,4 +1,4 @@
-"""One setup call for a notebook: resolve the profile, pick the device, seed, quiet the libraries."""
+"""One setup call for a notebook: resolve the profile, pick the device, seed, quiet the logs."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def quiet_libraries() -> None:
 
 
 def start(profile: str, seed: int, device: torch.device | str | None = None) -> Session:
-    """Set up a notebook: pick the device, resolve `profile`, seed everything, quiet the libraries."""
+    """Set up a notebook: pick the device, resolve `profile`, seed everything, quiet the logs."""
     chosen = get_device() if device is None else get_device(str(device))
     resolved = resolve_profile(profile, chosen)
     seed_everything(seed)
