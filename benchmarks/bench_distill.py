@@ -67,18 +67,29 @@ def bench_epochs(teacher, emb, ids, labels, device, repeats: int) -> dict:
 
     def online_step(logits, batch):
         with torch.inference_mode():
-            t = logits_of(teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float()
+            t = logits_of(
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            ).float()
         return distillation_loss(logits, t.clone(), batch["labels"], alpha=0.5, temperature=4.0)
 
-    runs = {"labels only": (TextExamples(ids, labels), cross_entropy_loss),
-            "KD, cached teacher logits": (TextExamples(ids, labels, cached), kd),
-            "KD, teacher run online": (TextExamples(ids, labels), online_step)}
+    runs = {
+        "labels only": (TextExamples(ids, labels), cross_entropy_loss),
+        "KD, cached teacher logits": (TextExamples(ids, labels, cached), kd),
+        "KD, teacher run online": (TextExamples(ids, labels), online_step),
+    }
     out = {}
     for name, (data, step) in runs.items():
         times = []
         for r in range(repeats):
             student = make_student("bag", teacher.config.vocab_size, emb, seed=r)
-            times.append(timed_epoch(student, make_loader(data, 64, shuffle=True, device=device, seed=r), step, device))
+            times.append(
+                timed_epoch(
+                    student,
+                    make_loader(data, 64, shuffle=True, device=device, seed=r),
+                    step,
+                    device,
+                )
+            )
         out[name] = statistics.median(times)
     return out
 
@@ -86,17 +97,27 @@ def bench_epochs(teacher, emb, ids, labels, device, repeats: int) -> dict:
 def bench_models(teacher, emb, sample, repeats: int) -> list[dict]:
     """Parameters, size and CPU latency/throughput of the teacher and each student kind."""
     vocab = teacher.config.vocab_size
-    models = {"teacher (MiniLM-L6)": teacher,
-              "bag": make_student("bag", vocab, emb), "cnn": make_student("cnn", vocab, emb),
-              "tiny-bert": make_student("tiny-bert", vocab)}
+    models = {
+        "teacher (MiniLM-L6)": teacher,
+        "bag": make_student("bag", vocab, emb),
+        "cnn": make_student("cnn", vocab, emb),
+        "tiny-bert": make_student("tiny-bert", vocab),
+    }
     rows = []
     for name, model in models.items():
         model = model.to("cpu").eval()
         b1 = cpu_latency(model, sample, batch_size=1, repeats=repeats, warmup=3)
         b64 = cpu_latency(model, sample, batch_size=64, repeats=max(3, repeats // 5), warmup=1)
-        rows.append({"model": name, "params_m": count_parameters(model) / 1e6, "size_mb": model_size_mb(model),
-                     "latency_b1_ms": b1["median_ms"], "latency_b64_ms": b64["median_ms"],
-                     "throughput_b64": b64["examples_per_s"]})
+        rows.append(
+            {
+                "model": name,
+                "params_m": count_parameters(model) / 1e6,
+                "size_mb": model_size_mb(model),
+                "latency_b1_ms": b1["median_ms"],
+                "latency_b64_ms": b64["median_ms"],
+                "throughput_b64": b64["examples_per_s"],
+            }
+        )
     return rows
 
 
@@ -124,10 +145,16 @@ def bench_notebooks() -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"KD_CHECKPOINT_DIR": f"{tmp}/ck", "KD_CACHE_DIR": f"{tmp}/cache", "KD_RESULTS_DIR": f"{tmp}/res"}
+        env = {
+            "KD_CHECKPOINT_DIR": f"{tmp}/ck",
+            "KD_CACHE_DIR": f"{tmp}/cache",
+            "KD_RESULTS_DIR": f"{tmp}/res",
+        }
         with temporary_env(**env):
             for nb in list_notebooks():
-                seconds = execute_notebook(nb, Path(tmp) / nb.name, "quick", Path(env["KD_RESULTS_DIR"]))
+                seconds = execute_notebook(
+                    nb, Path(tmp) / nb.name, "quick", Path(env["KD_RESULTS_DIR"])
+                )
                 rows.append({"notebook": nb.stem, "seconds": seconds})
     return rows
 
@@ -138,7 +165,9 @@ def table(rows: list[dict], fmt: dict[str, str] | None = None) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        cells = [fmt.get(k, "{:.3g}").format(v) if isinstance(v, float) else str(v) for k, v in r.items()]
+        cells = [
+            fmt.get(k, "{:.3g}").format(v) if isinstance(v, float) else str(v) for k, v in r.items()
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,15 +176,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (CI)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
-    parser.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time every notebook in the quick profile (default: on unless --quick)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md and results.json")
+    parser.add_argument(
+        "--notebooks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time every notebook in the quick profile (default: on unless --quick)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for results.md and results.json"
+    )
     args = parser.parse_args(argv)
     device = get_device(args.device)
     n, repeats, lat_repeats = (256, 1, 10) if args.quick else (3000, 3, 50)
     run_notebooks = (not args.quick) if args.notebooks is None else args.notebooks
 
     import transformers
+
     transformers.logging.set_verbosity_error()
     settings = course_settings("standard")
     ds = course_data(settings)
@@ -165,17 +201,26 @@ def main(argv=None) -> int:
     labels = torch.cat([splits["train"].gold, splits["unlabeled"].gold])[:n]
     emb, _ = project_teacher_embeddings(teacher, 64)
 
-    header = {"date": dt.date.today().isoformat(), "mode": "quick" if args.quick else "full",
-              "device": str(device), "cpu": platform.processor() or platform.machine(),
-              "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-              "examples": n}
+    header = {
+        "date": dt.date.today().isoformat(),
+        "mode": "quick" if args.quick else "full",
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "examples": n,
+    }
     if device.type == "cuda":
         header["gpu"] = torch.cuda.get_device_name(device)
     print("benchmark:", header, flush=True)
 
     epochs = bench_epochs(teacher, emb, ids, labels, device, repeats)
-    ratios = {"cached_kd_over_labels": epochs["KD, cached teacher logits"] / epochs["labels only"],
-              "online_kd_over_cached_kd": epochs["KD, teacher run online"] / epochs["KD, cached teacher logits"]}
+    ratios = {
+        "cached_kd_over_labels": epochs["KD, cached teacher logits"] / epochs["labels only"],
+        "online_kd_over_cached_kd": epochs["KD, teacher run online"]
+        / epochs["KD, cached teacher logits"],
+    }
     print(epochs, ratios, flush=True)
     models = bench_models(teacher, emb, splits["test"].input_ids[:64], lat_repeats)
     t = models[0]
@@ -185,37 +230,79 @@ def main(argv=None) -> int:
     labelling = bench_labelling(teacher, ids, device, [16, 64] if args.quick else [16, 64, 128])
     notebooks = bench_notebooks() if run_notebooks else []
 
-    best_student = next(r for r in models if r["model"] == "cnn")  # chapter 05's best distilled student
+    best_student = next(
+        r for r in models if r["model"] == "cnn"
+    )  # chapter 05's best distilled student
     best_sort = max(r["speedup"] for r in labelling)
     targets = [
-        ("cached-logit KD epoch <= 1.15x the label-only epoch", ratios["cached_kd_over_labels"] <= 1.15,
-         f"{ratios['cached_kd_over_labels']:.2f}x"),
-        ("online-teacher epoch several (>= 3x) times slower than cached", ratios["online_kd_over_cached_kd"] >= 3,
-         f"{ratios['online_kd_over_cached_kd']:.1f}x"),
-        ("best distilled student (cnn, chapter 05) >= 10x faster than the teacher at batch 1",
-         best_student["speedup_b1"] >= 10,
-         f"{best_student['model']}: {best_student['speedup_b1']:.0f}x"),
-        ("length-sorted labelling >= 1.5x faster than padding to the maximum", best_sort >= 1.5, f"{best_sort:.2f}x"),
+        (
+            "cached-logit KD epoch <= 1.15x the label-only epoch",
+            ratios["cached_kd_over_labels"] <= 1.15,
+            f"{ratios['cached_kd_over_labels']:.2f}x",
+        ),
+        (
+            "online-teacher epoch several (>= 3x) times slower than cached",
+            ratios["online_kd_over_cached_kd"] >= 3,
+            f"{ratios['online_kd_over_cached_kd']:.1f}x",
+        ),
+        (
+            "best distilled student (cnn, chapter 05) >= 10x faster than the teacher at batch 1",
+            best_student["speedup_b1"] >= 10,
+            f"{best_student['model']}: {best_student['speedup_b1']:.0f}x",
+        ),
+        (
+            "length-sorted labelling >= 1.5x faster than padding to the maximum",
+            best_sort >= 1.5,
+            f"{best_sort:.2f}x",
+        ),
     ]
     if notebooks:
         slowest = max(notebooks, key=lambda r: r["seconds"])
-        targets.append(("every notebook <= 60 s in the quick profile", slowest["seconds"] <= 60,
-                        f"slowest {slowest['notebook']}: {slowest['seconds']:.0f} s; "
-                        f"all: {sum(r['seconds'] for r in notebooks):.0f} s"))
+        targets.append(
+            (
+                "every notebook <= 60 s in the quick profile",
+                slowest["seconds"] <= 60,
+                f"slowest {slowest['notebook']}: {slowest['seconds']:.0f} s; "
+                f"all: {sum(r['seconds'] for r in notebooks):.0f} s",
+            )
+        )
 
-    md = [f"# Benchmark results ({header['mode']} run)", "",
-          "Produced by `python benchmarks/bench_distill.py" + (" --quick" if args.quick else "") + "`; all figures "
-          "from one process on one machine.", "", table([header]), "",
-          "## 1. Distillation epoch time (bag student, batch 64)", "",
-          table([{"training": k, "seconds per epoch": v} for k, v in epochs.items()]), "",
-          f"Cached KD / label-only: **{ratios['cached_kd_over_labels']:.2f}x**; "
-          f"online teacher / cached KD: **{ratios['online_kd_over_cached_kd']:.1f}x**.", "",
-          "## 2. Teacher vs. students (CPU latency: warm-up, then the median of repeated runs)", "",
-          table(models), "", "## 3. Teacher labelling throughput (examples/s)", "", table(labelling), ""]
+    md = [
+        f"# Benchmark results ({header['mode']} run)",
+        "",
+        "Produced by `python benchmarks/bench_distill.py"
+        + (" --quick" if args.quick else "")
+        + "`; all figures "
+        "from one process on one machine.",
+        "",
+        table([header]),
+        "",
+        "## 1. Distillation epoch time (bag student, batch 64)",
+        "",
+        table([{"training": k, "seconds per epoch": v} for k, v in epochs.items()]),
+        "",
+        f"Cached KD / label-only: **{ratios['cached_kd_over_labels']:.2f}x**; "
+        f"online teacher / cached KD: **{ratios['online_kd_over_cached_kd']:.1f}x**.",
+        "",
+        "## 2. Teacher vs. students (CPU latency: warm-up, then the median of repeated runs)",
+        "",
+        table(models),
+        "",
+        "## 3. Teacher labelling throughput (examples/s)",
+        "",
+        table(labelling),
+        "",
+    ]
     if notebooks:
-        md += ["## 4. Quick-profile wall time per notebook (s)", "", table(notebooks), "",
-               f"Whole suite: **{sum(r['seconds'] for r in notebooks):.0f} s** (papermill only; CI also re-runs "
-               "each notebook under nbval).", ""]
+        md += [
+            "## 4. Quick-profile wall time per notebook (s)",
+            "",
+            table(notebooks),
+            "",
+            f"Whole suite: **{sum(r['seconds'] for r in notebooks):.0f} s** (papermill only; CI also re-runs "
+            "each notebook under nbval).",
+            "",
+        ]
     md += ["## Targets", "", "| target | met | measured |", "|---|---|---|"]
     md += [f"| {name} | {'yes' if ok else '**no**'} | {value} |" for name, ok, value in targets]
     text = "\n".join(md) + "\n"
@@ -223,10 +310,20 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if not args.quick else "-quick"
     (args.out / f"results{suffix}.md").write_text(text)
-    (args.out / f"results{suffix}.json").write_text(json.dumps(
-        {"header": header, "epochs": epochs, "ratios": ratios, "models": models, "labelling": labelling,
-         "notebooks": notebooks, "targets": [{"target": a, "met": b, "measured": c} for a, b, c in targets]},
-        indent=2))
+    (args.out / f"results{suffix}.json").write_text(
+        json.dumps(
+            {
+                "header": header,
+                "epochs": epochs,
+                "ratios": ratios,
+                "models": models,
+                "labelling": labelling,
+                "notebooks": notebooks,
+                "targets": [{"target": a, "met": b, "measured": c} for a, b, c in targets],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -34,15 +34,21 @@ def _example_labels(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
         values = list(labels)
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
         if bad:
-            raise TypeError(f"labels must be integer class ids (-1 = unlabelled); found {bad[0]!r} "
-                            f"({type(bad[0]).__name__}): map or round them to ints yourself")
+            raise TypeError(
+                f"labels must be integer class ids (-1 = unlabelled); found {bad[0]!r} "
+                f"({type(bad[0]).__name__}): map or round them to ints yourself"
+            )
         tensor = torch.tensor([int(v) for v in values], dtype=torch.long)
     if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.is_complex():
-        raise TypeError(f"labels must be integer class ids (-1 = unlabelled) (got dtype {tensor.dtype}): "
-                        "map or round them to ints yourself")
+        raise TypeError(
+            f"labels must be integer class ids (-1 = unlabelled) (got dtype {tensor.dtype}): "
+            "map or round them to ints yourself"
+        )
     tensor = tensor.cpu().long()
     if tensor.numel() and int(tensor.min()) < -1:
-        raise ValueError(f"labels must be class ids >= 0, or -1 for unlabelled examples (got {int(tensor.min())})")
+        raise ValueError(
+            f"labels must be class ids >= 0, or -1 for unlabelled examples (got {int(tensor.min())})"
+        )
     return tensor
 
 
@@ -59,11 +65,17 @@ class TextExamples(Dataset):
         if n == 0:
             raise ValueError("input_ids is empty: a data set needs at least one example")
         self.input_ids = check_token_lists("input_ids", input_ids)
-        self.labels = torch.full((n,), -1, dtype=torch.long) if labels is None else _example_labels(labels)
+        self.labels = (
+            torch.full((n,), -1, dtype=torch.long) if labels is None else _example_labels(labels)
+        )
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have {n} entries (got shape {tuple(self.labels.shape)})")
         if teacher_logits is not None:
-            if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2 or len(teacher_logits) != n:
+            if (
+                not isinstance(teacher_logits, torch.Tensor)
+                or teacher_logits.dim() != 2
+                or len(teacher_logits) != n
+            ):
                 raise ValueError(f"teacher_logits must be a tensor of shape ({n}, classes)")
             check_float_tensor("teacher_logits", teacher_logits)
             teacher_logits = teacher_logits.detach().float().cpu()
@@ -87,9 +99,12 @@ def pad_collate(features: Sequence[Mapping[str, Any]], pad_id: int = 0) -> dict[
     for row, f in enumerate(features):
         ids[row, : len(f["input_ids"])] = torch.as_tensor(f["input_ids"], dtype=torch.long)
         mask[row, : len(f["input_ids"])] = 1
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]),
-             "index": torch.as_tensor([f["index"] for f in features])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]),
+        "index": torch.as_tensor([f["index"] for f in features]),
+    }
     if "teacher_logits" in features[0]:
         batch["teacher_logits"] = torch.stack([f["teacher_logits"] for f in features])
     return batch
@@ -107,5 +122,11 @@ def make_loader(
     batch_size = check_int("batch_size", batch_size, 1)
     seed = check_seed("seed", seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=lambda f: pad_collate(f, pad_id), pin_memory=pin_memory_default(device))
+    return DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=lambda f: pad_collate(f, pad_id),
+        pin_memory=pin_memory_default(device),
+    )

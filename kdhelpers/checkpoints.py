@@ -56,8 +56,11 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, config: Mapping[str, Any] | None = None) -> Path:
-    """Save `model`'s weights (safetensors) and `config` plus the weights digest (JSON) atomically; returns the weights path."""
+def save_checkpoint(
+    model: nn.Module, path: str | Path, config: Mapping[str, Any] | None = None
+) -> Path:
+    """Save `model`'s weights (safetensors) and `config` plus the weights digest (JSON) atomically;
+    returns the weights path."""
     from safetensors.torch import save_model
 
     if not isinstance(model, nn.Module):
@@ -73,8 +76,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, config: Mapping[str, Any
         tmp_meta = make_temp(meta, CHECKPOINT_ENV, "checkpoint")
         save_model(model, str(tmp_weights))
         # the digest is taken from the file as written, so it covers exactly the stored tensors
-        record[INTEGRITY_KEY] = {"format": FORMAT_VERSION, "weights": weights.name,
-                                 "tensors_sha256": file_digest(tmp_weights)}
+        record[INTEGRITY_KEY] = {
+            "format": FORMAT_VERSION,
+            "weights": weights.name,
+            "tensors_sha256": file_digest(tmp_weights),
+        }
         tmp_meta.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         # weights first: a run killed between the renames leaves new weights with the old digest,
         # which load_checkpoint refuses
@@ -101,14 +107,19 @@ def _read_config(weights: Path, meta: Path, verify: bool) -> dict[str, Any]:
     try:
         config = json.loads(meta.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta} is not valid JSON ({exc}): truncated or damaged. {redo}") from exc
+        raise CheckpointError(
+            f"{meta} is not valid JSON ({exc}): truncated or damaged. {redo}"
+        ) from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{meta} holds a {type(config).__name__}, not a JSON object. {redo}")
     return config
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, verify: bool = True) -> dict[str, Any]:
-    """Load weights saved by save_checkpoint into `model` (in place) once their digest verifies; returns the stored config."""
+def load_checkpoint(
+    model: nn.Module, path: str | Path, strict: bool = True, verify: bool = True
+) -> dict[str, Any]:
+    """Load weights saved by save_checkpoint into `model` (in place) once their digest verifies;
+    returns the stored config."""
     # CheckpointError when the JSON is missing or invalid, the weights unreadable or their digest
     # differs; files of older versions (no digest) are refused too: verify=False loads a trusted one
     from safetensors import SafetensorError
@@ -122,7 +133,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, ver
     integrity = config.pop(INTEGRITY_KEY, None)
     expected = config.get("model_class")
     if expected and expected != type(model).__name__:
-        raise ValueError(f"checkpoint {weights} holds a {expected}, but model is a {type(model).__name__}")
+        raise ValueError(
+            f"checkpoint {weights} holds a {expected}, but model is a {type(model).__name__}"
+        )
     if verify:
         stored = integrity.get("tensors_sha256") if isinstance(integrity, dict) else None
         if not isinstance(stored, str):
@@ -134,7 +147,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, ver
         try:
             actual = file_digest(weights)
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{weights} cannot be read ({exc}): truncated or damaged. {redo}") from exc
+            raise CheckpointError(
+                f"{weights} cannot be read ({exc}): truncated or damaged. {redo}"
+            ) from exc
         if actual != stored:
             raise CheckpointError(
                 f"the weights in {weights} do not match the digest stored in {meta} (stored "
@@ -144,5 +159,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, ver
     try:
         load_model(model, str(weights), strict=strict)
     except SafetensorError as exc:
-        raise CheckpointError(f"{weights} cannot be read ({exc}): truncated or damaged. {redo}") from exc
+        raise CheckpointError(
+            f"{weights} cannot be read ({exc}): truncated or damaged. {redo}"
+        ) from exc
     return config

@@ -1,7 +1,7 @@
 """Headless course runner: execute every notebook with papermill and summarise their results.
 
-    python -m kdhelpers.course run --profile quick
-    python -m kdhelpers.course run --profile standard --in-place   # refresh the committed outputs
+python -m kdhelpers.course run --profile quick
+python -m kdhelpers.course run --profile standard --in-place   # refresh the committed outputs
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def clean_notebook(
     if profile is not None:
         meta["kd_course"] = {"profile": profile}
     if strip_injected:
-        nb["cells"] = [c for c in nb.get("cells", [])
-                       if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        nb["cells"] = [
+            c
+            for c in nb.get("cells", [])
+            if "injected-parameters" not in c.get("metadata", {}).get("tags", [])
+        ]
     count = 0
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
@@ -179,7 +182,9 @@ def _commit_copy(executed: Path, target: Path) -> None:
 
     nb = nbformat.read(str(executed), as_version=4)
     profile = nb.metadata.get("kd_course", {}).get("profile")
-    nbformat.write(nbformat.from_dict(clean_notebook(nb, profile, strip_injected=True)), str(target))
+    nbformat.write(
+        nbformat.from_dict(clean_notebook(nb, profile, strip_injected=True)), str(target)
+    )
 
 
 def run(
@@ -218,8 +223,10 @@ def run(
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             failures.append((nb.name, str(executed), reason[:200]))
             timings.append((nb.stem, f"{seconds:.1f}", "FAILED"))
-            print(f"  FAILED after {seconds:.0f} s: {reason[:200]}\n  executed copy: {executed}",
-                  flush=True)
+            print(
+                f"  FAILED after {seconds:.0f} s: {reason[:200]}\n  executed copy: {executed}",
+                flush=True,
+            )
             continue
         timings.append((nb.stem, f"{time.perf_counter() - start:.1f}", "ok"))
         if in_place:
@@ -242,18 +249,29 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m kdhelpers.course", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kdhelpers.course", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the notebooks and print the results table")
     p_run.add_argument("--profile", default="standard", choices=PROFILES)
     p_run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02_the-loss")
     p_run.add_argument("--out", type=Path, help="run folder (default runs/<date>-<profile>)")
-    p_run.add_argument("--in-place", action="store_true",
-                       help="write outputs into notebooks/ and results into results/ (the committed run)")
+    p_run.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write outputs into notebooks/ and results into results/ (the committed run)",
+    )
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    p_table = sub.add_parser("table", help="print the results table of the committed (or a given) run")
-    p_table.add_argument("--results", type=Path, default=None,
-                         help="results folder (default: the committed results/)")
+    p_table = sub.add_parser(
+        "table", help="print the results table of the committed (or a given) run"
+    )
+    p_table.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results folder (default: the committed results/)",
+    )
     args = parser.parse_args(argv)
     if args.command == "table":
         folder = args.results or committed_results_dir()
@@ -268,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             list_notebooks(only=args.only)
         except ValueError:
-            p_run.error(f"--only {' '.join(args.only)} matches no notebook; available chapters: "
-                        f"{', '.join(available)} (or a longer prefix such as 05_distillation)")
+            p_run.error(
+                f"--only {' '.join(args.only)} matches no notebook; available chapters: "
+                f"{', '.join(available)} (or a longer prefix such as 05_distillation)"
+            )
     return run(args.profile, args.only, args.out, args.in_place, args.timeout)
 
 

@@ -38,18 +38,22 @@ if TYPE_CHECKING:
 
 
 VADER_DOMAINS = ("movies", "tweets", "amazon", "nyt")
-_FILE_STEMS = MappingProxyType({
-    "movies": "movieReviewSnippets",
-    "tweets": "tweets",
-    "amazon": "amazonReviewSnippets",
-    "nyt": "nytEditorialSnippets",
-})
+_FILE_STEMS = MappingProxyType(
+    {
+        "movies": "movieReviewSnippets",
+        "tweets": "tweets",
+        "amazon": "amazonReviewSnippets",
+        "nyt": "nytEditorialSnippets",
+    }
+)
 
 #: Hugging Face Hub data sets reachable through ``load_sentiment`` when online.
-HUB_DOMAINS = MappingProxyType({
-    "rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
-    "sst2": "stanfordnlp/sst2",
-})
+HUB_DOMAINS = MappingProxyType(
+    {
+        "rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
+        "sst2": "stanfordnlp/sst2",
+    }
+)
 HUB_PROBE_TIMEOUT_S = 2.0
 
 SPLIT_NAMES = ("train", "unlabeled", "validation", "test")
@@ -68,14 +72,20 @@ class SplitSizes(NamedTuple):
 
 #: Default sizes (after dropping neutral rows): test ~19 %, validation and train ~10 % each,
 #: the remaining ~60 % unlabeled (the transfer pool a teacher labels).
-DEFAULT_SPLIT_SIZES: MappingProxyType[str, SplitSizes] = MappingProxyType({
-    "movies": SplitSizes(train=1000, validation=1000, test=2000),  # of 10,568
-    "tweets": SplitSizes(train=400, validation=400, test=800),  # of 4,196
-    "amazon": SplitSizes(train=350, validation=350, test=700),  # of 3,610
-    "nyt": SplitSizes(train=500, validation=500, test=1000),  # of 4,946
-    "rotten_tomatoes": SplitSizes(train=1000, validation=1066, test=1066),  # the hub's own val/test
-    "sst2": SplitSizes(train=1000, validation=872, test=872),  # test = the hub's validation split
-})
+DEFAULT_SPLIT_SIZES: MappingProxyType[str, SplitSizes] = MappingProxyType(
+    {
+        "movies": SplitSizes(train=1000, validation=1000, test=2000),  # of 10,568
+        "tweets": SplitSizes(train=400, validation=400, test=800),  # of 4,196
+        "amazon": SplitSizes(train=350, validation=350, test=700),  # of 3,610
+        "nyt": SplitSizes(train=500, validation=500, test=1000),  # of 4,946
+        "rotten_tomatoes": SplitSizes(
+            train=1000, validation=1066, test=1066
+        ),  # the hub's own val/test
+        "sst2": SplitSizes(
+            train=1000, validation=872, test=872
+        ),  # test = the hub's validation split
+    }
+)
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -145,8 +155,10 @@ def _check_domain(domain: str) -> None:
     """Raise TypeError/ValueError unless `domain` is the name of a known VADER or Hub domain."""
     if not isinstance(domain, str):
         kind = type(domain).__name__
-        raise TypeError(f"domain must be one domain name such as 'movies' (got a {kind}: {domain!r}); "
-                        "load several domains with one call each")
+        raise TypeError(
+            f"domain must be one domain name such as 'movies' (got a {kind}: {domain!r}); "
+            "load several domains with one call each"
+        )
     if domain not in VADER_DOMAINS and domain not in HUB_DOMAINS:
         valid = ", ".join(repr(d) for d in (*VADER_DOMAINS, *HUB_DOMAINS))
         raise ValueError(f"unknown sentiment domain {domain!r}; valid domains: {valid}")
@@ -245,15 +257,20 @@ def _assign_splits(texts: Sequence[str], sizes: SplitSizes, seed: int) -> dict[s
 
 
 def _resolve_sizes(
-    domain: str, available: int, n_train: int | None, n_validation: int | None,
-    n_test: int | None, what: str,
+    domain: str,
+    available: int,
+    n_train: int | None,
+    n_validation: int | None,
+    n_test: int | None,
+    what: str,
 ) -> SplitSizes:
     """Defaults filled in and checked against the `available` rows."""
     default = DEFAULT_SPLIT_SIZES[domain]
     sizes = SplitSizes(
         train=default.train if n_train is None else _check_size("n_train", n_train),
         validation=(
-            default.validation if n_validation is None
+            default.validation
+            if n_validation is None
             else _check_size("n_validation", n_validation)
         ),
         test=default.test if n_test is None else _check_size("n_test", n_test),
@@ -308,8 +325,13 @@ def load_sentiment(
     neutral = len(columns["score"]) - len(keep)
     columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     labels = [int(score > 0) for score in columns["score"]]
-    columns = {"id": columns["id"], "text": columns["text"], "label": labels,
-               "score": columns["score"], "rater_scores": columns["rater_scores"]}
+    columns = {
+        "id": columns["id"],
+        "text": columns["text"],
+        "label": labels,
+        "score": columns["score"],
+        "rater_scores": columns["rater_scores"],
+    }
     what = f"labelled rows ({neutral} rows with mean score 0 dropped)"
     sizes = _resolve_sizes(domain, len(keep), n_train, n_validation, n_test, what)
     full = datasets.Dataset.from_dict(columns, features=_features(True))
@@ -377,12 +399,18 @@ def _load_hub(
         if value is not None and split in fixed and value != fixed[split]:
             raise ValueError(f"{name} is fixed at {fixed[split]} for {domain!r} (the hub's split)")
     pool_texts = list(hub[pool_split][text_column])
-    n_val_carved = 0 if val_split is not None else (
-        DEFAULT_SPLIT_SIZES[domain].validation if n_validation is None
-        else _check_size("n_validation", n_validation)
+    n_val_carved = (
+        0
+        if val_split is not None
+        else (
+            DEFAULT_SPLIT_SIZES[domain].validation
+            if n_validation is None
+            else _check_size("n_validation", n_validation)
+        )
     )
-    sizes = _resolve_sizes(domain, len(pool_texts), n_train, n_val_carved, 0,
-                           f"rows in the hub's {pool_split} split")
+    sizes = _resolve_sizes(
+        domain, len(pool_texts), n_train, n_val_carved, 0, f"rows in the hub's {pool_split} split"
+    )
     indices = _assign_splits(pool_texts, sizes, seed)
 
     def convert(split: str, rows: Sequence[int] | None = None) -> datasets.Dataset:
@@ -399,15 +427,18 @@ def _load_hub(
             features=_features(True),
         )
 
-    return datasets.DatasetDict({
-        "train": convert(pool_split, indices["train"]),
-        "unlabeled": convert(pool_split, indices["unlabeled"]),
-        "validation": (
-            convert(val_split) if val_split is not None
-            else convert(pool_split, indices["validation"])
-        ),
-        "test": convert(test_split),
-    })
+    return datasets.DatasetDict(
+        {
+            "train": convert(pool_split, indices["train"]),
+            "unlabeled": convert(pool_split, indices["unlabeled"]),
+            "validation": (
+                convert(val_split)
+                if val_split is not None
+                else convert(pool_split, indices["validation"])
+            ),
+            "test": convert(test_split),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- command line
@@ -429,32 +460,45 @@ def vader_summary(data_dir: Path | str | None = None) -> list[dict[str, int | st
         scores = np.asarray(_vader_columns(domain, data_dir)["score"])
         sizes = DEFAULT_SPLIT_SIZES[domain]
         labelled = int((scores != 0).sum())
-        summary.append({
-            "domain": domain,
-            "rows": int(scores.size),
-            "neutral": int((scores == 0).sum()),
-            "positive": int((scores > 0).sum()),
-            "negative": int((scores < 0).sum()),
-            "train": sizes.train,
-            "validation": sizes.validation,
-            "test": sizes.test,
-            "unlabeled": labelled - sum(sizes),
-        })
+        summary.append(
+            {
+                "domain": domain,
+                "rows": int(scores.size),
+                "neutral": int((scores == 0).sum()),
+                "positive": int((scores > 0).sum()),
+                "negative": int((scores < 0).sum()),
+                "train": sizes.train,
+                "validation": sizes.validation,
+                "test": sizes.test,
+                "unlabeled": labelled - sum(sizes),
+            }
+        )
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m kdhelpers.data fetch|info`: fetch the VADER corpora or print counts."""
-    parser = argparse.ArgumentParser(prog="python -m kdhelpers.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kdhelpers.data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="download and verify the VADER corpora")
-    fetch.add_argument("--sdist", type=Path, default=None,
-                       help=f"use a local {VADER_SDIST_NAME} instead of pip download")
+    fetch.add_argument(
+        "--sdist",
+        type=Path,
+        default=None,
+        help=f"use a local {VADER_SDIST_NAME} instead of pip download",
+    )
     info = commands.add_parser("info", help="print rows and labels per domain")
     for sub in (fetch, info):
-        sub.add_argument("--data-dir", type=Path, default=None,
-                         help="data folder (default: kdhelpers.paths.data_dir(), env KD_DATA_DIR)")
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="data folder (default: kdhelpers.paths.data_dir(), env KD_DATA_DIR)",
+        )
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":

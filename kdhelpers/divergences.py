@@ -35,16 +35,22 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 Divergence = Literal["forward", "reverse", "jsd"]
 
 
-def _check_pair(student_logits: object, teacher_logits: object) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pair(
+    student_logits: object, teacher_logits: object
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated (student, teacher) logits of one shape (..., vocab) on the student's device."""
     s = check_float_tensor("student_logits", student_logits)
     t = check_float_tensor("teacher_logits", teacher_logits)
     if s.dim() < 1 or s.shape[-1] < 2:
-        raise ValueError(f"student_logits must have a vocabulary dimension of size >= 2 last "
-                         f"(got shape {tuple(s.shape)})")
+        raise ValueError(
+            f"student_logits must have a vocabulary dimension of size >= 2 last "
+            f"(got shape {tuple(s.shape)})"
+        )
     if tuple(s.shape) != tuple(t.shape):
-        raise ValueError(f"teacher_logits must have the shape of student_logits {tuple(s.shape)} "
-                         f"(got {tuple(t.shape)}): both must score the same positions and vocabulary")
+        raise ValueError(
+            f"teacher_logits must have the shape of student_logits {tuple(s.shape)} "
+            f"(got {tuple(t.shape)}): both must score the same positions and vocabulary"
+        )
     return s, to_device_of("teacher_logits", t, "student_logits", s)
 
 
@@ -55,8 +61,10 @@ def _check_positions_mask(mask: object, logits: torch.Tensor) -> torch.Tensor | 
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor or None (got {type(mask).__name__})")
     if tuple(mask.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"mask must have shape {tuple(logits.shape[:-1])} (the logits without the "
-                         f"vocabulary dimension; got {tuple(mask.shape)})")
+        raise ValueError(
+            f"mask must have shape {tuple(logits.shape[:-1])} (the logits without the "
+            f"vocabulary dimension; got {tuple(mask.shape)})"
+        )
     mask = to_device_of("mask", mask, "student_logits", logits)
     if mask.dtype != torch.bool:
         if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
@@ -136,7 +144,8 @@ def generalized_jsd(
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """GKD's JSD(beta) = beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q (p teacher, q student; TRL's convention).
+    """GKD's JSD(beta) = beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q (p teacher, q
+    student; TRL's convention).
 
     beta = 0 gives forward KL(teacher || student) and beta = 1 reverse KL(student || teacher),
     exactly as TRL's `generalized_jsd_loss`; sum over the vocabulary, mean over masked-in positions.
@@ -145,7 +154,9 @@ def generalized_jsd(
     mask = _check_positions_mask(mask, s)
     beta = _check_beta(beta)
     temperature = _check_temperature(temperature)
-    per_position = _jsd_positions(_log_probs(s, temperature), _log_probs(t.detach(), temperature), beta)
+    per_position = _jsd_positions(
+        _log_probs(s, temperature), _log_probs(t.detach(), temperature), beta
+    )
     return _reduce(per_position, mask)
 
 
@@ -215,12 +226,18 @@ def bimodal_log_density(x: torch.Tensor, config: ToyFitConfig) -> torch.Tensor:
     if not isinstance(config, ToyFitConfig):
         raise TypeError(f"config must be a ToyFitConfig (got {type(config).__name__})")
     x = check_float_tensor("x", x).double()
-    comps = torch.stack([_gauss_log_density(x, -config.mode, config.mode_std),
-                         _gauss_log_density(x, config.mode, config.mode_std)])
+    comps = torch.stack(
+        [
+            _gauss_log_density(x, -config.mode, config.mode_std),
+            _gauss_log_density(x, config.mode, config.mode_std),
+        ]
+    )
     return torch.logsumexp(comps, dim=0) + math.log(0.5)
 
 
-def _gauss_log_density(x: torch.Tensor, mean: torch.Tensor | float, std: torch.Tensor | float) -> torch.Tensor:
+def _gauss_log_density(
+    x: torch.Tensor, mean: torch.Tensor | float, std: torch.Tensor | float
+) -> torch.Tensor:
     """log N(x; mean, std^2)."""
     std = torch.as_tensor(std, dtype=x.dtype)
     return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
@@ -250,4 +267,8 @@ def fit_unimodal(config: ToyFitConfig, divergence: DivergenceConfig) -> dict[str
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return {"mean": float(mean.detach()), "std": float(log_std.detach().exp()), "loss": float(loss.detach())}
+    return {
+        "mean": float(mean.detach()),
+        "std": float(log_std.detach().exp()),
+        "loss": float(loss.detach()),
+    }

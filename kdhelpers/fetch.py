@@ -69,24 +69,18 @@ _PIP_KILL_GRACE_S = 5.0
 
 
 #: sha256 of every file extracted from the inner archive (the manifest must agree).
-VADER_FILES: MappingProxyType[str, str] = MappingProxyType({
-    "movieReviewSnippets_GroundTruth.txt":
-        "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
-    "movieReviewSnippets_anonDataRatings.txt":
-        "658a086bc7239b98b750baa232cab80e6447789020f96a6c847cc1248d7c82f4",
-    "tweets_GroundTruth.txt":
-        "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f",
-    "tweets_anonDataRatings.txt":
-        "390d6f8f1b5c7e6f9f94ad7fea1e461ed718312d1856ae71c5812ab8ae943fa6",
-    "amazonReviewSnippets_GroundTruth.txt":
-        "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
-    "amazonReviewSnippets_anonDataRatings.txt":
-        "d7d909adab91e0b4d5084251fc825f15baff66277c52eaa705b40fc464fa274b",
-    "nytEditorialSnippets_GroundTruth.txt":
-        "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e",
-    "nytEditorialSnippets_anonDataRatings.txt":
-        "803c87c5bb529334bb5ed5fca244aa935e5f342bc0a930d91a0f22e978ee39f2",
-})
+VADER_FILES: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "movieReviewSnippets_GroundTruth.txt": "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
+        "movieReviewSnippets_anonDataRatings.txt": "658a086bc7239b98b750baa232cab80e6447789020f96a6c847cc1248d7c82f4",
+        "tweets_GroundTruth.txt": "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f",
+        "tweets_anonDataRatings.txt": "390d6f8f1b5c7e6f9f94ad7fea1e461ed718312d1856ae71c5812ab8ae943fa6",
+        "amazonReviewSnippets_GroundTruth.txt": "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
+        "amazonReviewSnippets_anonDataRatings.txt": "d7d909adab91e0b4d5084251fc825f15baff66277c52eaa705b40fc464fa274b",
+        "nytEditorialSnippets_GroundTruth.txt": "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e",
+        "nytEditorialSnippets_anonDataRatings.txt": "803c87c5bb529334bb5ed5fca244aa935e5f342bc0a930d91a0f22e978ee39f2",
+    }
+)
 
 
 class DataFetchError(RuntimeError):
@@ -174,7 +168,9 @@ def _exclusive_lock(lock_path: Path, blocking: bool = True) -> Iterator[bool]:
 def _leftovers(root: Path) -> list[Path]:
     """Staging and old folders of earlier fetches in `root`."""
     with contextlib.suppress(OSError):
-        return [p for pattern in (_STAGING_PREFIX + "*", _OLD_PREFIX + "*") for p in root.glob(pattern)]
+        return [
+            p for pattern in (_STAGING_PREFIX + "*", _OLD_PREFIX + "*") for p in root.glob(pattern)
+        ]
     return []
 
 
@@ -224,10 +220,24 @@ _DIE_WITH_PARENT = (
 def _pip_command(dest: Path, requirements: Path) -> list[str]:
     """The pip command that downloads the sdist in hash-checking mode (nothing runs before the check)."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--require-hashes", "--requirement", str(requirements),
-        "--disable-pip-version-check", "--no-input", "--timeout", "20", "--retries", "2",
-        "--dest", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--require-hashes",
+        "--requirement",
+        str(requirements),
+        "--disable-pip-version-check",
+        "--no-input",
+        "--timeout",
+        "20",
+        "--retries",
+        "2",
+        "--dest",
+        str(dest),
     ]
     if importlib.util.find_spec("setuptools") is not None:
         # pip prepares the sdist's metadata after the hash check; without build isolation it uses
@@ -256,12 +266,19 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _run_killable(cmd: Sequence[str], timeout_s: float) -> tuple[int, str, str]:
-    """Run `cmd` and return (exit code, stdout, stderr); it is killed with its process group if this call fails or the caller dies."""
+    """Run `cmd` and return (exit code, stdout, stderr); it is killed with its process group if this
+    call fails or the caller dies."""
     argv = list(cmd)
     if sys.platform.startswith("linux"):
         argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=os.name == "posix")
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=os.name == "posix",
+    )
     finished = False
     try:
         out, err = proc.communicate(timeout=timeout_s)

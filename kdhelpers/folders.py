@@ -22,7 +22,9 @@ class UnwritableFolderError(OSError):
 
 def _host() -> str:
     """This machine's name, reduced to characters safe in a file name."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
+    return (
+        "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
+    )
 
 
 def unwritable_error(
@@ -51,7 +53,9 @@ def ensure_folder(folder: Path | str, env: str, what: str, argument: str | None 
     except OSError as exc:
         raise unwritable_error(path, env, what, exc, argument) from exc
     if not path.is_dir():
-        raise unwritable_error(path, env, what, NotADirectoryError(f"{path} is not a folder"), argument)
+        raise unwritable_error(
+            path, env, what, NotADirectoryError(f"{path} is not a folder"), argument
+        )
     return path
 
 

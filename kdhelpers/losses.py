@@ -39,7 +39,9 @@ def _check_logits(name: str, logits: object) -> torch.Tensor:
     if logits.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(logits.shape)})")
     if logits.shape[-1] < 2:
-        raise ValueError(f"{name} needs at least 2 classes in its last dimension (got {logits.shape[-1]})")
+        raise ValueError(
+            f"{name} needs at least 2 classes in its last dimension (got {logits.shape[-1]})"
+        )
     check_float_tensor(name, logits)
     return logits
 
@@ -52,8 +54,10 @@ def _check_temperature(temperature: float) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
     if not low <= temperature <= high:
-        raise ValueError(f"temperature must lie in [{low:g}, {high:g}] (got {temperature:g}): "
-                         "beyond it logits / T or T^2 * KL leave the range of float64")
+        raise ValueError(
+            f"temperature must lie in [{low:g}, {high:g}] (got {temperature:g}): "
+            "beyond it logits / T or T^2 * KL leave the range of float64"
+        )
     return float(temperature)
 
 
@@ -68,28 +72,40 @@ def _check_alpha(alpha: float) -> float:
 
 def _scaled_span(temperature: float, *tensors: torch.Tensor) -> float:
     """The largest (max - min) of a row of any tensor, divided by the temperature (computed in float64)."""
-    spans = [float((x.detach().double().amax(-1) - x.detach().double().amin(-1)).max()) for x in tensors]
+    spans = [
+        float((x.detach().double().amax(-1) - x.detach().double().amin(-1)).max()) for x in tensors
+    ]
     return max(spans) / temperature
 
 
 def _fits_float32(temperature: float, *tensors: torch.Tensor) -> bool:
     """Whether the float32 formulas are accurate here (moderate T, no overflow of logits / T)."""
-    return (temperature <= _FLOAT32_MAX_TEMPERATURE
-            and _scaled_span(temperature, *tensors) <= _FLOAT32_MAX_SCALED_SPAN)
+    return (
+        temperature <= _FLOAT32_MAX_TEMPERATURE
+        and _scaled_span(temperature, *tensors) <= _FLOAT32_MAX_SCALED_SPAN
+    )
 
 
 def _float32_error_bound(temperature: float, *tensors: torch.Tensor) -> float:
     """A (pessimistic) bound on the float32 rounding error of T^2 * sum p_t (log p_t - log p_s)."""
     largest = max(float(x.detach().abs().max()) for x in tensors)
     eps = float(torch.finfo(torch.float32).eps)
-    return 4 * eps * temperature * temperature * (largest / temperature + math.log(tensors[0].shape[-1]))
+    return (
+        4
+        * eps
+        * temperature
+        * temperature
+        * (largest / temperature + math.log(tensors[0].shape[-1]))
+    )
 
 
 def _as_float32(value: torch.Tensor, what: str) -> torch.Tensor:
     """A float64 result cast to float32, with a clear error when it does not fit."""
     if bool(value.detach().abs().max() > _FLOAT32_MAX):
-        raise ValueError(f"{what} ({float(value.detach().max()):.3g}) overflows float32: the logits are too large "
-                         "for this temperature; rescale them (e.g. standardise the model outputs)")
+        raise ValueError(
+            f"{what} ({float(value.detach().max()):.3g}) overflows float32: the logits are too large "
+            "for this temperature; rescale them (e.g. standardise the model outputs)"
+        )
     return value.float()
 
 
@@ -126,7 +142,8 @@ def _kl_rows64(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
 
 
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Softmax of `logits / temperature` over the last dimension, in float32 (float64 inside when logits / T is huge)."""
+    """Softmax of `logits / temperature` over the last dimension, in float32 (float64 inside when
+    logits / T is huge)."""
     _check_logits("logits", logits)
     t = _check_temperature(temperature)
     if _scaled_span(t, logits) <= _FLOAT32_MAX_SCALED_SPAN:
@@ -157,7 +174,9 @@ def _binary_mask(mask: torch.Tensor, ref: torch.Tensor, ref_name: str) -> torch.
     mask = to_device_of("mask", check_real_device("mask", mask), ref_name, ref)
     if mask.dtype != torch.bool:
         if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must hold only 0 and 1 (or booleans): 1 keeps a position, 0 drops it")
+            raise ValueError(
+                "mask must hold only 0 and 1 (or booleans): 1 keeps a position, 0 drops it"
+            )
         mask = mask.bool()
     if not mask.any():
         raise ValueError("mask selects no position: at least one entry must be true")
@@ -166,8 +185,14 @@ def _binary_mask(mask: torch.Tensor, ref: torch.Tensor, ref_name: str) -> torch.
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Validate integer class labels matching the logits' leading dimensions (int64 on the logits' device)."""
-    return check_class_labels("labels", labels, logits.shape[-1], shape=tuple(logits.shape[:-1]),
-                              ref_name="student_logits", ref=logits)
+    return check_class_labels(
+        "labels",
+        labels,
+        logits.shape[-1],
+        shape=tuple(logits.shape[:-1]),
+        ref_name="student_logits",
+        ref=logits,
+    )
 
 
 def kd_kl(
@@ -191,7 +216,9 @@ def kd_kl(
             f"(got {tuple(teacher_logits.shape)} vs {tuple(student_logits.shape)}); "
             "a class-count mismatch means teacher and student predict different label sets"
         )
-    teacher_logits = to_device_of("teacher_logits", teacher_logits, "student_logits", student_logits)
+    teacher_logits = to_device_of(
+        "teacher_logits", teacher_logits, "student_logits", student_logits
+    )
     t = _check_temperature(temperature)
     mask = _check_mask(mask, student_logits)
     if _fits_float32(t, student_logits, teacher_logits):
@@ -201,7 +228,9 @@ def kd_kl(
         if mask is not None:
             per_example = per_example[mask]
         loss = per_example.mean() * (t * t)
-        if float(loss.detach()) >= _FLOAT32_TRUST * _float32_error_bound(t, student_logits, teacher_logits):
+        if float(loss.detach()) >= _FLOAT32_TRUST * _float32_error_bound(
+            t, student_logits, teacher_logits
+        ):
             return loss
         # else: the KL is so small (near-equal distributions) that float32 rounding would dominate it
     per_example = _kl_rows64(student_logits, teacher_logits.detach(), t) * (t * t)
@@ -235,15 +264,20 @@ def distillation_loss(
     if _scaled_span(1.0, flat_logits) <= _FLOAT32_MAX_SCALED_SPAN:
         ce = F.cross_entropy(flat_logits.float(), flat_labels)
     else:
-        ce = _as_float32(F.nll_loss(_log_softmax64(flat_logits, 1.0), flat_labels), "the cross-entropy")
+        ce = _as_float32(
+            F.nll_loss(_log_softmax64(flat_logits, 1.0), flat_labels), "the cross-entropy"
+        )
     loss = alpha * ce + (1.0 - alpha) * kd
     if not bool(torch.isfinite(loss.detach())):
-        raise ValueError(f"the loss ({float(loss.detach()):.3g}) overflows float32: the logits are too large; "
-                         "rescale them (e.g. standardise the model outputs)")
+        raise ValueError(
+            f"the loss ({float(loss.detach()):.3g}) overflows float32: the logits are too large; "
+            "rescale them (e.g. standardise the model outputs)"
+        )
     return loss
 
 
 # ---------------------------------------------------------------- intermediate-layer (feature) losses
+
 
 def _check_states(name: str, states: object, rank: int, what: str) -> torch.Tensor:
     """Validate a float tensor of the given rank: non-empty, on a real device, finite values."""
@@ -259,7 +293,9 @@ def _check_states(name: str, states: object, rank: int, what: str) -> torch.Tens
     return states
 
 
-def _project(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, projection: object) -> torch.Tensor:
+def _project(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, projection: object
+) -> torch.Tensor:
     """Check both hidden-state tensors, map the student's through `projection`, return it in float32."""
     _check_states("student_hidden", student_hidden, 3, "(batch, seq, width)")
     _check_states("teacher_hidden", teacher_hidden, 3, "(batch, seq, width)")
@@ -273,27 +309,39 @@ def _project(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, project
         mapped = student_hidden.float()
     else:
         if not callable(projection):
-            raise TypeError(f"projection must be callable, e.g. an nn.Linear (got {type(projection).__name__})")
+            raise TypeError(
+                f"projection must be callable, e.g. an nn.Linear (got {type(projection).__name__})"
+            )
         params = list(projection.parameters()) if isinstance(projection, torch.nn.Module) else []
         dtype = params[0].dtype if params else torch.float32
         width = student_hidden.shape[-1]
         expects = getattr(projection, "in_features", None)
         fix = f"use nn.Linear({width}, {teacher_hidden.shape[-1]}) (student width -> teacher width)"
         if isinstance(expects, int) and expects != width:
-            raise ValueError(f"projection expects inputs of width {expects} but student_hidden has width {width}: {fix}")
+            raise ValueError(
+                f"projection expects inputs of width {expects} but student_hidden has width {width}: {fix}"
+            )
         if params and params[0].device != student_hidden.device:
-            raise ValueError(f"projection is on device {params[0].device} but student_hidden is on "
-                             f"{student_hidden.device}: move it with projection.to(student_hidden.device)")
+            raise ValueError(
+                f"projection is on device {params[0].device} but student_hidden is on "
+                f"{student_hidden.device}: move it with projection.to(student_hidden.device)"
+            )
         try:
             mapped = projection(student_hidden.to(dtype))
         except RuntimeError as err:
-            raise ValueError(f"projection could not map student_hidden of shape {tuple(student_hidden.shape)} "
-                             f"({err}): {fix}") from err
+            raise ValueError(
+                f"projection could not map student_hidden of shape {tuple(student_hidden.shape)} "
+                f"({err}): {fix}"
+            ) from err
         if not isinstance(mapped, torch.Tensor):
             raise TypeError(f"projection must return a tensor (got {type(mapped).__name__})")
         mapped = mapped.float()
     if tuple(mapped.shape) != tuple(teacher_hidden.shape):
-        hint = "" if projection is not None else ": pass projection=nn.Linear(student_width, teacher_width)"
+        hint = (
+            ""
+            if projection is not None
+            else ": pass projection=nn.Linear(student_width, teacher_width)"
+        )
         raise ValueError(
             f"the (projected) student states have shape {tuple(mapped.shape)} but teacher_hidden has "
             f"{tuple(teacher_hidden.shape)}{hint}"
@@ -327,7 +375,8 @@ def hidden_cosine_loss(
     mask: torch.Tensor | None = None,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """1 - cosine similarity between each (projected) student token state and the teacher's, averaged over unmasked tokens."""
+    """1 - cosine similarity between each (projected) student token state and the teacher's, averaged
+    over unmasked tokens."""
     mapped = _project(student_hidden, teacher_hidden, projection)
     mask = _check_mask(mask, mapped)
     target = teacher_hidden.detach().float()
@@ -380,11 +429,18 @@ def attention_transfer_loss(
     _check_states("teacher_attn", teacher_attn, 4, what)
     for name, a in (("student_attn", student_attn), ("teacher_attn", teacher_attn)):
         if a.shape[-1] != a.shape[-2]:
-            raise ValueError(f"{name} must be square in its last two dimensions {what} (got {tuple(a.shape)})")
+            raise ValueError(
+                f"{name} must be square in its last two dimensions {what} (got {tuple(a.shape)})"
+            )
         if float(a.detach().min()) < 0.0 or float(a.detach().max()) > 1.0 + 1e-4:
-            raise ValueError(f"{name} must hold attention probabilities in [0, 1] (got values in "
-                             f"[{float(a.detach().min()):.3g}, {float(a.detach().max()):.3g}]): pass softmax outputs, not scores")
-    if student_attn.shape[0] != teacher_attn.shape[0] or student_attn.shape[-1] != teacher_attn.shape[-1]:
+            raise ValueError(
+                f"{name} must hold attention probabilities in [0, 1] (got values in "
+                f"[{float(a.detach().min()):.3g}, {float(a.detach().max()):.3g}]): pass softmax outputs, not scores"
+            )
+    if (
+        student_attn.shape[0] != teacher_attn.shape[0]
+        or student_attn.shape[-1] != teacher_attn.shape[-1]
+    ):
         raise ValueError(
             "student_attn and teacher_attn must share batch and seq "
             f"(got {tuple(student_attn.shape)} vs {tuple(teacher_attn.shape)})"
@@ -395,7 +451,9 @@ def attention_transfer_loss(
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor (got {type(mask).__name__})")
         if tuple(mask.shape) != (s.shape[0], s.shape[-1]):
-            raise ValueError(f"mask must have shape {(s.shape[0], s.shape[-1])} (batch, seq) (got {tuple(mask.shape)})")
+            raise ValueError(
+                f"mask must have shape {(s.shape[0], s.shape[-1])} (batch, seq) (got {tuple(mask.shape)})"
+            )
         mask = _binary_mask(mask, s, "student_attn")
     else:
         mask = torch.ones(s.shape[0], s.shape[-1], dtype=torch.bool, device=s.device)

@@ -37,7 +37,9 @@ def _check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> torc
     return check_class_labels("labels", labels, logits.shape[1], ref=logits)
 
 
-def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> list[dict[str, float]]:
+def reliability_bins(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10
+) -> list[dict[str, float]]:
     """Per confidence bin (equal width over [0, 1]): count, mean confidence and accuracy."""
 
     labels = _check_logits_and_labels(logits, labels)
@@ -49,13 +51,21 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 1
     for i in range(n_bins):
         sel = (conf > edges[i]) & (conf <= edges[i + 1])
         n = int(sel.sum())
-        rows.append({"low": float(edges[i]), "high": float(edges[i + 1]), "n": n,
-                     "confidence": float(conf[sel].mean()) if n else float("nan"),
-                     "accuracy": float(correct[sel].mean()) if n else float("nan")})
+        rows.append(
+            {
+                "low": float(edges[i]),
+                "high": float(edges[i + 1]),
+                "n": n,
+                "confidence": float(conf[sel].mean()) if n else float("nan"),
+                "accuracy": float(correct[sel].mean()) if n else float("nan"),
+            }
+        )
     return rows
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> float:
+def expected_calibration_error(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 10
+) -> float:
     """ECE: the count-weighted mean gap |accuracy - confidence| over equal-width confidence bins."""
     rows = reliability_bins(logits, labels, n_bins)
     total = sum(r["n"] for r in rows)
@@ -75,20 +85,26 @@ def cpu_latency(
     import statistics
     import time
 
-
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
     input_ids = check_token_lists("input_ids", input_ids)
     if not input_ids or not all(input_ids):
-        raise ValueError("input_ids is empty or holds an empty sequence: latency needs example inputs")
+        raise ValueError(
+            "input_ids is empty or holds an empty sequence: latency needs example inputs"
+        )
     batch_size = check_int("batch_size", batch_size, 1)
     repeats = check_int("repeats", repeats, 1)
     warmup = check_int("warmup", warmup, 0)
     pad_id = check_int("pad_id", pad_id, 0)
     model = model.eval().cpu()
-    feats = [{"input_ids": input_ids[i % len(input_ids)], "labels": -1, "index": i} for i in range(batch_size)]
+    feats = [
+        {"input_ids": input_ids[i % len(input_ids)], "labels": -1, "index": i}
+        for i in range(batch_size)
+    ]
     batch = pad_collate(feats, pad_id)
-    forward_logits(model, batch)  # checks the token ids against the model's vocabulary once, untimed
+    forward_logits(
+        model, batch
+    )  # checks the token ids against the model's vocabulary once, untimed
     times = []
     for i in range(warmup + repeats):
         start = time.perf_counter()
@@ -97,11 +113,18 @@ def cpu_latency(
             times.append(time.perf_counter() - start)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     median = statistics.median(times)
-    return {"median_ms": median * 1e3, "p25_ms": q[0] * 1e3, "p75_ms": q[2] * 1e3,
-            "examples_per_s": batch_size / median, "batch_size": batch_size}
+    return {
+        "median_ms": median * 1e3,
+        "p25_ms": q[0] * 1e3,
+        "p75_ms": q[2] * 1e3,
+        "examples_per_s": batch_size / median,
+        "batch_size": batch_size,
+    }
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float] | None = None) -> float:
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, grid: list[float] | None = None
+) -> float:
     """The temperature from `grid` (default 0.5 to 5 in steps of 0.05) that minimises cross-entropy on held-out data."""
 
     labels = _check_logits_and_labels(logits, labels)
@@ -111,5 +134,3 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, grid: list[float
     grid = [check_number(f"grid[{i}]", t, 0.0, strict_min=True) for i, t in enumerate(grid)]
     losses = [float(torch.nn.functional.cross_entropy(logits.float() / t, labels)) for t in grid]
     return grid[min(range(len(grid)), key=losses.__getitem__)]
-
-

@@ -87,8 +87,9 @@ class MeanPoolingClassifier(nn.Module):
         """The encoder's word-embedding table."""
         return self.encoder.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **_: object) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -116,7 +117,9 @@ def load_teacher(
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(source)
         if pooling == "mean":
-            encoder = AutoModel.from_pretrained(source, add_pooling_layer=False, trust_remote_code=False)
+            encoder = AutoModel.from_pretrained(
+                source, add_pooling_layer=False, trust_remote_code=False
+            )
             model = MeanPoolingClassifier(encoder, num_labels)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -161,13 +164,20 @@ class BagOfEmbeddingsStudent(nn.Module):
         _check_sizes(num_labels, vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden)
         _check_student_options(vocab_size, dropout, padding_idx)
         self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
-        self.embedding = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=padding_idx)
+        self.embedding = nn.EmbeddingBag(
+            vocab_size, embed_dim, mode="mean", padding_idx=padding_idx
+        )
         self.mlp = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Dropout(dropout),
+            nn.Linear(embed_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, num_labels),
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
         if attention_mask is not None:
             input_ids = input_ids.masked_fill(attention_mask == 0, self.padding_idx)
@@ -200,7 +210,9 @@ class CNNStudent(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels * len(widths), num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
         _check_vocab(input_ids, self.vocab_size)
         if attention_mask is None:
@@ -237,7 +249,8 @@ def project_teacher_embeddings(teacher: nn.Module, dim: int) -> tuple[torch.Tens
 
 
 def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.Tensor) -> float:
-    """Copy the teacher's word embeddings (or a projected table) into the student's `embedding`, rescaled; returns the variance kept.
+    """Copy the teacher's word embeddings (or a projected table) into the student's `embedding`,
+    rescaled; returns the variance kept.
 
     The share of variance kept is NaN when `teacher` is a ready table (nothing is projected here).
     """
@@ -250,7 +263,9 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.
     else:
         n_vocab = teacher.get_input_embeddings().weight.shape[0]
         if n_vocab != target.shape[0]:
-            raise ValueError(f"teacher vocabulary ({n_vocab}) and student vocabulary ({target.shape[0]}) differ")
+            raise ValueError(
+                f"teacher vocabulary ({n_vocab}) and student vocabulary ({target.shape[0]}) differ"
+            )
         projected, kept = project_teacher_embeddings(teacher, target.shape[1])
     if tuple(projected.shape) != tuple(target.shape):
         raise ValueError(
@@ -258,8 +273,10 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module | torch.
         )
     spread = float(projected.std())
     if not spread > 0.0:
-        raise ValueError("the teacher's (projected) embedding table is constant: it cannot be rescaled; "
-                         "pass a table whose rows differ")
+        raise ValueError(
+            "the teacher's (projected) embedding table is constant: it cannot be rescaled; "
+            "pass a table whose rows differ"
+        )
     scale = target.detach().std() / spread
     with torch.no_grad():
         target.copy_(projected * scale)
@@ -280,13 +297,25 @@ def tiny_bert_student(
     """A small BERT sequence classifier trained from scratch (e.g. 2 layers x 128 hidden)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    _check_sizes(num_labels, vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
-                 intermediate=intermediate, max_positions=max_positions)
+    _check_sizes(
+        num_labels,
+        vocab_size=vocab_size,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        intermediate=intermediate,
+        max_positions=max_positions,
+    )
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, max_position_embeddings=max_positions, num_labels=num_labels,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+        num_labels=num_labels,
     )
     model = BertForSequenceClassification(config)
     model.register_forward_pre_hook(_check_vocab_hook, with_kwargs=True)

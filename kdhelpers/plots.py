@@ -30,7 +30,9 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.5) -> tuple:
     """A Figure and axes in the course style (use this for any custom plot)."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False
+        )
         for ax in axes.flat:
             ax.set_prop_cycle(color=PALETTE)
             ax.spines[["top", "right"]].set_visible(False)
@@ -56,7 +58,9 @@ def temperature_softmax(
     width = 0.8 / len(temperatures)
     for i, t in enumerate(temperatures):
         p = soft_targets(z, t)[0].numpy()
-        ax.bar(np.arange(n) + (i - (len(temperatures) - 1) / 2) * width, p, width, label=f"T = {t:g}")
+        ax.bar(
+            np.arange(n) + (i - (len(temperatures) - 1) / 2) * width, p, width, label=f"T = {t:g}"
+        )
     ax.set_xticks(np.arange(n), names)
     ax.set_ylabel("probability")
     ax.set_xlabel("class")
@@ -73,7 +77,9 @@ def training_curves(
     xlabel: str = "epoch",
 ) -> Figure:
     """Line plot of one or more metric series; a dict of runs gives one line per run and metric."""
-    runs = history if history and isinstance(next(iter(history.values())), Mapping) else {"": history}
+    runs = (
+        history if history and isinstance(next(iter(history.values())), Mapping) else {"": history}
+    )
     all_keys = keys or sorted({k for run in runs.values() for k in run})
     if not all_keys:
         raise ValueError("history holds no metric series to plot")
@@ -123,7 +129,9 @@ def line_plot(
     return fig
 
 
-def reliability_diagram(bins: Sequence[Mapping[str, float]], title: str = "Reliability diagram") -> Figure:
+def reliability_diagram(
+    bins: Sequence[Mapping[str, float]], title: str = "Reliability diagram"
+) -> Figure:
     """Accuracy vs confidence per bin (from metrics.reliability_bins), with the diagonal of perfect calibration."""
     rows = [b for b in bins if b["n"]]
     if not rows:
@@ -133,8 +141,14 @@ def reliability_diagram(bins: Sequence[Mapping[str, float]], title: str = "Relia
     widths = [b["high"] - b["low"] for b in rows]
     ax.bar(centers, [b["accuracy"] for b in rows], widths, edgecolor="white", label="accuracy")
     ax.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
-    ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], "o", color=PALETTE[1],
-            ms=4, label="bin mean confidence")
+    ax.plot(
+        [b["confidence"] for b in rows],
+        [b["accuracy"] for b in rows],
+        "o",
+        color=PALETTE[1],
+        ms=4,
+        label="bin mean confidence",
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
@@ -157,7 +171,9 @@ def heatmap(
     """An annotated heat map (rows x columns), e.g. accuracy over alpha x temperature."""
     grid = np.asarray(values, dtype=float)
     if grid.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"values has shape {grid.shape}, labels give {(len(row_labels), len(col_labels))}")
+        raise ValueError(
+            f"values has shape {grid.shape}, labels give {(len(row_labels), len(col_labels))}"
+        )
     fig, ax = new_figure(width=1.1 * len(col_labels) + 2.5, height=0.6 * len(row_labels) + 1.8)
     ax.grid(False)
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
@@ -167,8 +183,15 @@ def heatmap(
     mid = (finite.max() + finite.min()) / 2 if finite.size else 0
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8,
-                    color="black" if grid[i, j] > mid else "white")
+            ax.text(
+                j,
+                i,
+                fmt.format(grid[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if grid[i, j] > mid else "white",
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -195,7 +218,9 @@ def scatter_tradeoff(
     top = max(sizes) or 1.0
     for p, s in zip(points, sizes, strict=True):
         ax.scatter(p[x], p[y], s=30 + 600 * s / top, alpha=0.6)
-        ax.annotate(str(p[label]), (p[x], p[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            str(p[label]), (p[x], p[y]), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(x)

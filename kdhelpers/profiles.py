@@ -21,7 +21,6 @@ def resolve_profile(profile: str, device: torch.device | str | None = None) -> s
     if profile != "auto":
         return profile
     if device is None:
-
         device = get_device()
     return "full" if torch.device(device).type == "cuda" else "standard"
 

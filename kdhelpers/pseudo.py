@@ -47,7 +47,10 @@ def predict_logits(
     if sort_by_length:
         batches = length_sorted_batches(lengths, batch_size)
     else:
-        batches = [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
+        batches = [
+            list(range(i, min(i + batch_size, len(lengths))))
+            for i in range(0, len(lengths), batch_size)
+        ]
     was_training = model.training
     model.eval().to(device)
     out: torch.Tensor | None = None
@@ -60,8 +63,16 @@ def predict_logits(
             batch["input_ids"] = nn.functional.pad(batch["input_ids"], (0, pad), value=pad_id)
             batch["attention_mask"] = nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
         with autocast(device):
-            logits = logits_of(model(input_ids=batch["input_ids"].to(device),
-                                     attention_mask=batch["attention_mask"].to(device))).float().cpu()
+            logits = (
+                logits_of(
+                    model(
+                        input_ids=batch["input_ids"].to(device),
+                        attention_mask=batch["attention_mask"].to(device),
+                    )
+                )
+                .float()
+                .cpu()
+            )
         if out is None:
             out = torch.empty(len(lengths), logits.shape[-1])
         out[torch.as_tensor(idx)] = logits
@@ -72,6 +83,7 @@ def predict_logits(
 
 # ---------------------------------------------------------------- the logit cache
 
+
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of a model's weights (names, dtypes, shapes and values)."""
     return tensor_digest(model.state_dict())
@@ -80,7 +92,9 @@ def model_fingerprint(model: nn.Module) -> str:
 def data_fingerprint(ids: Sequence[str], input_ids: Sequence[Sequence[int]]) -> str:
     """sha256 of the examples' ids and token ids, in order (a re-ordered data set differs)."""
     if len(ids) != len(input_ids):
-        raise ValueError(f"ids ({len(ids)}) and input_ids ({len(input_ids)}) must have the same length")
+        raise ValueError(
+            f"ids ({len(ids)}) and input_ids ({len(input_ids)}) must have the same length"
+        )
     h = hashlib.sha256()
     for ex_id, tokens in zip(ids, input_ids, strict=True):
         h.update(json.dumps([str(ex_id), list(tokens)]).encode())
@@ -127,8 +141,11 @@ def _write_cache(path: Path, logits: torch.Tensor, metadata: dict[str, str]) -> 
 
     tmp = make_temp(path, CACHE_ENV, "logit cache")
     try:
-        save_file({"logits": logits}, str(tmp),
-                  metadata={**metadata, "logits_sha256": tensor_digest({"logits": logits})})
+        save_file(
+            {"logits": logits},
+            str(tmp),
+            metadata={**metadata, "logits_sha256": tensor_digest({"logits": logits})},
+        )
         os.replace(tmp, path)
     except OSError as exc:
         raise unwritable_error(path.parent, CACHE_ENV, "logit cache", exc) from exc
@@ -148,7 +165,8 @@ def cache_logits(
     pad_id: int = 0,
     progress: bool = True,
 ) -> CachedLogits:
-    """Teacher logits for the examples, from disk when the (teacher, data, ids, order) key and the stored digest match."""
+    """Teacher logits for the examples, from disk when the (teacher, data, ids, order) key and the
+    stored digest match."""
     if not name or any(c in name for c in "/\\"):
         raise ValueError(f"name must be a plain file-name stem (got {name!r})")
     teacher_sha = model_fingerprint(teacher)
@@ -161,13 +179,26 @@ def cache_logits(
         cached = _read_cache(path, fingerprint, len(ids))
         if cached is not None:
             return CachedLogits(cached, path, True, fingerprint)
-    logits = predict_logits(teacher, input_ids, batch_size, device, True, pad_id, progress).contiguous()
-    _write_cache(path, logits, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "n": str(len(ids)),
-                                "name": name, "teacher_sha256": teacher_sha, "data_sha256": data_sha})
+    logits = predict_logits(
+        teacher, input_ids, batch_size, device, True, pad_id, progress
+    ).contiguous()
+    _write_cache(
+        path,
+        logits,
+        {
+            "format": CACHE_FORMAT,
+            "fingerprint": fingerprint,
+            "n": str(len(ids)),
+            "name": name,
+            "teacher_sha256": teacher_sha,
+            "data_sha256": data_sha,
+        },
+    )
     return CachedLogits(logits, path, False, fingerprint)
 
 
 # ---------------------------------------------------------------- pseudo-labels
+
 
 def hard_labels(logits: torch.Tensor) -> torch.Tensor:
     """The teacher's arg-max class per example."""
@@ -186,7 +217,9 @@ def confident(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return soft_targets(logits, 1.0).max(-1).values >= threshold
 
 
-def coverage_accuracy(logits: torch.Tensor, gold: torch.Tensor, thresholds: Sequence[float]) -> list[dict[str, float]]:
+def coverage_accuracy(
+    logits: torch.Tensor, gold: torch.Tensor, thresholds: Sequence[float]
+) -> list[dict[str, float]]:
     """For each confidence threshold: share of examples kept and accuracy of their hard pseudo-labels."""
     if len(gold) != len(logits):
         raise ValueError(f"gold must have {len(logits)} labels (got {len(gold)})")
@@ -200,7 +233,9 @@ def coverage_accuracy(logits: torch.Tensor, gold: torch.Tensor, thresholds: Sequ
     return rows
 
 
-def quality_by_confidence(logits: torch.Tensor, gold: torch.Tensor, n_bins: int = 5) -> list[dict[str, float]]:
+def quality_by_confidence(
+    logits: torch.Tensor, gold: torch.Tensor, n_bins: int = 5
+) -> list[dict[str, float]]:
     """Pseudo-label accuracy per bin of teacher confidence (equal-width bins over [1/C, 1])."""
     if len(gold) != len(logits):
         raise ValueError(f"gold must have {len(logits)} labels (got {len(gold)})")
@@ -213,7 +248,13 @@ def quality_by_confidence(logits: torch.Tensor, gold: torch.Tensor, n_bins: int 
         hi_ok = conf <= edges[i + 1] if i == n_bins - 1 else conf < edges[i + 1]
         sel = (conf >= edges[i]) & hi_ok
         n = int(sel.sum())
-        rows.append({"low": float(edges[i]), "high": float(edges[i + 1]), "n": n,
-                     "accuracy": float((pred[sel] == gold[sel]).float().mean()) if n else float("nan"),
-                     "mean_confidence": float(conf[sel].mean()) if n else float("nan")})
+        rows.append(
+            {
+                "low": float(edges[i]),
+                "high": float(edges[i + 1]),
+                "n": n,
+                "accuracy": float((pred[sel] == gold[sel]).float().mean()) if n else float("nan"),
+                "mean_confidence": float(conf[sel].mean()) if n else float("nan"),
+            }
+        )
     return rows

@@ -13,7 +13,9 @@ def target_verdict(met: bool, profile: str) -> str:
     if not isinstance(met, bool):
         raise TypeError(f"met must be a bool (got {type(met).__name__})")
     if profile not in PROFILES or profile == "auto":
-        raise ValueError(f"profile must be a resolved profile: quick, standard or full (got {profile!r})")
+        raise ValueError(
+            f"profile must be a resolved profile: quick, standard or full (got {profile!r})"
+        )
     if profile == "quick":
         return NOT_JUDGED
     return "met" if met else "not met"

@@ -33,9 +33,15 @@ def _plain(value: Any) -> Any:
 
 def _check_notebook_name(notebook: object) -> str:
     """A results file stem such as '05_distillation' (no folders, no dots in front)."""
-    if (not isinstance(notebook, str) or not notebook or notebook.startswith(".")
-            or any(c in notebook for c in "/\\")):
-        raise ValueError(f"notebook must be a plain name such as '05_distillation' (got {notebook!r})")
+    if (
+        not isinstance(notebook, str)
+        or not notebook
+        or notebook.startswith(".")
+        or any(c in notebook for c in "/\\")
+    ):
+        raise ValueError(
+            f"notebook must be a plain name such as '05_distillation' (got {notebook!r})"
+        )
     return notebook
 
 
@@ -76,7 +82,9 @@ def save_results(
     return target
 
 
-def load_results(notebook: str, profile: str | None = None, folder: Path | None = None) -> dict[str, Any]:
+def load_results(
+    notebook: str, profile: str | None = None, folder: Path | None = None
+) -> dict[str, Any]:
     """A chapter's results record: this run's folder first, then the committed run; {} if none matches `profile`."""
     _check_notebook_name(notebook)
     folders = [Path(folder)] if folder is not None else [results_dir(), committed_results_dir()]

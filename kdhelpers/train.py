@@ -51,9 +51,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 1))
         object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, strict_min=True))
-        object.__setattr__(self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0))
-        object.__setattr__(self, "warmup_ratio", check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0))
-        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        object.__setattr__(
+            self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0)
+        )
+        object.__setattr__(
+            self, "warmup_ratio", check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        )
+        object.__setattr__(
+            self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm)
+        )
         if self.patience is not None:
             object.__setattr__(self, "patience", check_int("patience", self.patience, 0))
         if not isinstance(self.use_amp, bool):
@@ -84,7 +90,9 @@ def adamw_with_warmup(
     warmup_ratio: float,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the trainable `parameters` and its warm-up / linear-decay schedule over `total_steps`."""
-    optimizer = torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in parameters if p.requires_grad], lr=lr, weight_decay=weight_decay
+    )
     return optimizer, warmup_linear_schedule(optimizer, total_steps, warmup_ratio)
 
 
@@ -112,9 +120,13 @@ class OptimiserStep:
     clip_fn: Callable[[Iterable[nn.Parameter], float], Any] = nn.utils.clip_grad_norm_
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        object.__setattr__(
+            self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm)
+        )
         if self.max_grad_norm is not None and not self.parameters:
-            raise ValueError("parameters is empty but max_grad_norm is set: pass the parameters to clip")
+            raise ValueError(
+                "parameters is empty but max_grad_norm is set: pass the parameters to clip"
+            )
 
     @property
     def scaling(self) -> bool:
@@ -181,13 +193,21 @@ class KeepBest:
 
 # ---------------------------------------------------------------- losses for the loop
 
+
 def _batch_labels(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The batch's labels checked against the logits: int64 class ids in [0, classes - 1] or -1, on the logits' device."""
+    """The batch's labels checked against the logits: int64 class ids in [0, classes - 1] or -1, on the
+    logits' device."""
     check_float_tensor("logits", logits)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, classes) (got {tuple(logits.shape)})")
-    return check_class_labels('batch["labels"]', batch["labels"], logits.shape[-1], allow_unlabelled=True,
-                              shape=(logits.shape[0],), ref=logits)
+    return check_class_labels(
+        'batch["labels"]',
+        batch["labels"],
+        logits.shape[-1],
+        allow_unlabelled=True,
+        shape=(logits.shape[0],),
+        ref=logits,
+    )
 
 
 def cross_entropy_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -200,6 +220,7 @@ def cross_entropy_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) 
 
 def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
     """The distillation loss for the loop: KD on every row, CE on the labelled rows (label >= 0)."""
+
     def loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if "teacher_logits" not in batch:
             raise ValueError("KD needs teacher logits: build TextExamples with teacher_logits=...")
@@ -213,12 +234,18 @@ def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
         ce = F.cross_entropy(logits[labelled].float(), labels[labelled])
         return alpha * ce + (1.0 - alpha) * kd
 
-    distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
-                      alpha=alpha, temperature=temperature)  # validate alpha and T now, not mid-run
+    distillation_loss(
+        torch.zeros(1, 2),
+        torch.zeros(1, 2),
+        torch.zeros(1, dtype=torch.long),
+        alpha=alpha,
+        temperature=temperature,
+    )  # validate alpha and T now, not mid-run
     return loss
 
 
 # ---------------------------------------------------------------- the loop
+
 
 def forward_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Run a classifier on a padded batch and return its logits (token ids checked against its vocabulary)."""
@@ -229,7 +256,9 @@ def forward_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device | str | None = None
+) -> dict[str, float]:
     """Accuracy and cross-entropy of `model` on the labelled examples of `loader` (eval mode)."""
     device = get_device() if device is None else torch.device(device)
     was_training = model.training
@@ -255,8 +284,10 @@ def check_finite_parameters(model: nn.Module, when: str) -> None:
     """Raise FloatingPointError when a parameter of `model` holds NaN or Inf (after training `when`)."""
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p.detach()).all()):
-            raise FloatingPointError(f"parameter {name} became NaN or Inf after {when}: "
-                                     "lower lr, or check max_grad_norm and the inputs")
+            raise FloatingPointError(
+                f"parameter {name} became NaN or Inf after {when}: "
+                "lower lr, or check max_grad_norm and the inputs"
+            )
 
 
 def fit(
@@ -272,17 +303,34 @@ def fit(
 ) -> dict[str, Any]:
     """Train with AdamW, warm-up, clipping, AMP on CUDA and early stopping; restores the best epoch."""
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig (got {type(config).__name__}): "
-                        "fit(..., config=TrainConfig(epochs=3, lr=1e-3))")
+        raise TypeError(
+            f"config must be a TrainConfig (got {type(config).__name__}): "
+            "fit(..., config=TrainConfig(epochs=3, lr=1e-3))"
+        )
     if len(train_loader) == 0:
         raise ValueError("train_loader is empty")
     device = get_device() if device is None else torch.device(device)
     model.to(device)
-    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay,
-                                             config.epochs * len(train_loader), config.warmup_ratio)
-    step = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm,
-                         grad_scaler(device) if config.use_amp else None)
-    history: dict[str, Any] = {"train_loss": [], "val_accuracy": [], "val_loss": [], "epoch_seconds": []}
+    optimizer, scheduler = adamw_with_warmup(
+        model.parameters(),
+        config.lr,
+        config.weight_decay,
+        config.epochs * len(train_loader),
+        config.warmup_ratio,
+    )
+    step = OptimiserStep(
+        optimizer,
+        scheduler,
+        tuple(model.parameters()),
+        config.max_grad_norm,
+        grad_scaler(device) if config.use_amp else None,
+    )
+    history: dict[str, Any] = {
+        "train_loss": [],
+        "val_accuracy": [],
+        "val_loss": [],
+        "epoch_seconds": [],
+    }
     best, bad_epochs, epochs = KeepBest(higher_is_better=True), 0, config.epochs
     for epoch in range(1, epochs + 1):
         model.train()

@@ -27,9 +27,13 @@ def check_int(name: str, value: object, minimum: int = 0, maximum: int | None = 
 def check_seed(name: str, value: object) -> int:
     """A seed: an int in [0, 2**63 - 1] (a float such as 1.5 is refused, not truncated)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int seed in [0, 2**63 - 1] (got {type(value).__name__} {value!r})")
+        raise TypeError(
+            f"{name} must be an int seed in [0, 2**63 - 1] (got {type(value).__name__} {value!r})"
+        )
     if not 0 <= int(value) <= MAX_SEED:
-        raise ValueError(f"{name} must be an int seed in [0, 2**63 - 1] (got {value}): pick a smaller seed")
+        raise ValueError(
+            f"{name} must be an int seed in [0, 2**63 - 1] (got {value}): pick a smaller seed"
+        )
     return int(value)
 
 
@@ -42,9 +46,13 @@ def check_number(
     strict_min: bool = False,
 ) -> float:
     """A finite real number (strings and bools refused) in [minimum, maximum] (minimum excluded if strict_min)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r}); "
-                        "convert strings from config files with float(...)")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"{name} must be a number (got {type(value).__name__} {value!r}); "
+            "convert strings from config files with float(...)"
+        )
     value = float(value)
     low_bad = minimum is not None and (value < minimum or (strict_min and value == minimum))
     high_bad = maximum is not None and value > maximum
@@ -52,7 +60,9 @@ def check_number(
         low = "" if minimum is None else f"{'>' if strict_min else '>='} {minimum}"
         high = "" if maximum is None else f"<= {maximum}"
         bounds = " and ".join(b for b in (low, high) if b)
-        raise ValueError(f"{name} must be a finite number{' ' + bounds if bounds else ''} (got {value})")
+        raise ValueError(
+            f"{name} must be a finite number{' ' + bounds if bounds else ''} (got {value})"
+        )
     return value
 
 
@@ -74,14 +84,18 @@ def check_texts(name: str, texts: object) -> list[str]:
         raise ValueError(f"{name} is empty")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] is {type(t).__name__} {t!r}, not a string: drop or fill missing texts first")
+            raise TypeError(
+                f"{name}[{i}] is {type(t).__name__} {t!r}, not a string: drop or fill missing texts first"
+            )
     return texts
 
 
 def check_real_device(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """Refuse tensors on the 'meta' device (shapes only, no values to compute with)."""
     if tensor.device.type == "meta":
-        raise ValueError(f"{name} is on the 'meta' device and holds no values: create it on the CPU or a GPU")
+        raise ValueError(
+            f"{name} is on the 'meta' device and holds no values: create it on the CPU or a GPU"
+        )
     return tensor
 
 
@@ -89,8 +103,10 @@ def to_device_of(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tens
     """`tensor` moved to `ref`'s device (CPU <-> GPU copies are made); a clear error when that is impossible."""
     if tensor.device == ref.device:
         return tensor
-    message = (f"{name} is on device {tensor.device} but {ref_name} is on {ref.device}: "
-               f"put both on one device, e.g. {name}.to({ref_name}.device)")
+    message = (
+        f"{name} is on device {tensor.device} but {ref_name} is on {ref.device}: "
+        f"put both on one device, e.g. {name}.to({ref_name}.device)"
+    )
     if "meta" in (tensor.device.type, ref.device.type):
         raise ValueError(message)
     try:
@@ -104,11 +120,15 @@ def check_float_tensor(name: str, x: object, *, finite: bool = True) -> torch.Te
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(x).__name__})")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (got dtype {x.dtype}): "
-                        f"pass model outputs, or convert with {name}.float()")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (got dtype {x.dtype}): "
+            f"pass model outputs, or convert with {name}.float()"
+        )
     check_real_device(name, x)
     if finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values: check the model or the data that produced it")
+        raise ValueError(
+            f"{name} contains NaN or Inf values: check the model or the data that produced it"
+        )
     return x
 
 
@@ -126,11 +146,15 @@ def check_class_labels(
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(labels).__name__})")
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"{name} must be an integer tensor of class indices (got dtype {labels.dtype}): "
-                        "labels are class ids such as 0, 1, 2, not probabilities or scores")
+        raise TypeError(
+            f"{name} must be an integer tensor of class indices (got dtype {labels.dtype}): "
+            "labels are class ids such as 0, 1, 2, not probabilities or scores"
+        )
     check_real_device(name, labels)
     if shape is not None and tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} to match {ref_name} (got {tuple(labels.shape)})")
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} to match {ref_name} (got {tuple(labels.shape)})"
+        )
     if ref is not None:
         labels = to_device_of(name, labels, ref_name, ref)
     labels = labels.long()  # int8/16/32 and uint8 class ids convert exactly
@@ -180,10 +204,18 @@ def check_token_lists(name: str, seqs: object) -> list[list[int]]:
     out = []
     for i, s in enumerate(seqs):
         if isinstance(s, (str, bytes)) or not hasattr(s, "__iter__"):
-            raise TypeError(f"{name}[{i}] must be a list of token ids (got {type(s).__name__}): tokenize texts first")
+            raise TypeError(
+                f"{name}[{i}] must be a list of token ids (got {type(s).__name__}): tokenize texts first"
+            )
         row = list(s)
         for tok in row:
-            if isinstance(tok, (bool, np.bool_)) or not isinstance(tok, (int, np.integer)) or tok < 0:
-                raise ValueError(f"{name}[{i}] holds {tok!r}: token ids must be ints >= 0 (tokenize the text again)")
+            if (
+                isinstance(tok, (bool, np.bool_))
+                or not isinstance(tok, (int, np.integer))
+                or tok < 0
+            ):
+                raise ValueError(
+                    f"{name}[{i}] holds {tok!r}: token ids must be ints >= 0 (tokenize the text again)"
+                )
         out.append([int(tok) for tok in row])
     return out

@@ -52,7 +52,9 @@ DEFAULTS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (profile defaults fill what is not given)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--profile", choices=("quick", "standard", "full"), default="quick")
     p.add_argument("--student", choices=("bag", "cnn"), default="cnn")
     p.add_argument("--epochs", type=int)
@@ -62,14 +64,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=8.0)
     p.add_argument("--aug-copies", type=int)
-    p.add_argument("--max-rows", type=int, help="train on a seeded random subset of the transfer set")
+    p.add_argument(
+        "--max-rows", type=int, help="train on a seeded random subset of the transfer set"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true", help="force the CPU (gloo) even where GPUs exist")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="default: what `accelerate launch` says, else no")
-    p.add_argument("--no-dropout", action="store_true", help="dropout off: 1 and N processes then agree exactly")
+    p.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: what `accelerate launch` says, else no",
+    )
+    p.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="dropout off: 1 and N processes then agree exactly",
+    )
     p.add_argument("--out", type=Path, help="write a JSON summary here (main process)")
-    p.add_argument("--save-state", type=Path, help="write the student's final weights here (safetensors)")
+    p.add_argument(
+        "--save-state", type=Path, help="write the student's final weights here (safetensors)"
+    )
     return p.parse_args(argv)
 
 
@@ -90,27 +104,48 @@ def main(argv: list[str] | None = None) -> dict:
     # the teacher's new head and its dropout draw from the global generator: seed it, so that a
     # teacher trained now is the same on every run of the same command line
     torch.manual_seed(args.seed)
-    with accelerator.main_process_first():  # the main process trains the teacher if no checkpoint exists
+    with (
+        accelerator.main_process_first()
+    ):  # the main process trains the teacher if no checkpoint exists
         teacher, _ = load_or_train_teacher(settings, splits, accelerator.device)
     teacher.eval()
 
-    transfer, labels = transfer_set(splits, pick["aug_copies"], tokenizer.mask_token_id, seed=args.seed)
-    if args.max_rows is not None and args.max_rows < len(transfer):  # label only the rows we train on
-        rows = sorted(torch.randperm(len(transfer), generator=torch.Generator().manual_seed(args.seed))[: args.max_rows].tolist())
-        transfer = TextSplit([transfer.ids[i] for i in rows], [transfer.texts[i] for i in rows],
-                             [transfer.input_ids[i] for i in rows], transfer.gold[rows])
+    transfer, labels = transfer_set(
+        splits, pick["aug_copies"], tokenizer.mask_token_id, seed=args.seed
+    )
+    if args.max_rows is not None and args.max_rows < len(
+        transfer
+    ):  # label only the rows we train on
+        rows = sorted(
+            torch.randperm(len(transfer), generator=torch.Generator().manual_seed(args.seed))[
+                : args.max_rows
+            ].tolist()
+        )
+        transfer = TextSplit(
+            [transfer.ids[i] for i in rows],
+            [transfer.texts[i] for i in rows],
+            [transfer.input_ids[i] for i in rows],
+            transfer.gold[rows],
+        )
         labels = labels[rows]
-    cached = shared_teacher_logits(accelerator, teacher, transfer.ids, transfer.input_ids, cache_dir(),
-                                   name="transfer")
+    cached = shared_teacher_logits(
+        accelerator, teacher, transfer.ids, transfer.input_ids, cache_dir(), name="transfer"
+    )
     examples = TextExamples(transfer.input_ids, labels, cached.logits)
 
     emb, _ = project_teacher_embeddings(teacher, 64)
     student = make_student(args.student, tokenizer.vocab_size, emb, seed=args.seed)
     if args.no_dropout:
         without_dropout(student)
-    config = DistillConfig(epochs=pick["epochs"], lr=pick["lr"], batch_size=pick["batch_size"],
-                           grad_accum=args.grad_accum, alpha=args.alpha, temperature=args.temperature,
-                           seed=args.seed)
+    config = DistillConfig(
+        epochs=pick["epochs"],
+        lr=pick["lr"],
+        batch_size=pick["batch_size"],
+        grad_accum=args.grad_accum,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     history = distill_accelerate(accelerator, student, examples, config)
     from accelerate.utils import gather_object
 
@@ -134,8 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.save_state is not None:
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                      str(args.save_state))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                str(args.save_state),
+            )
         if args.out is not None:
             args.out.write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
@@ -146,4 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     result = main()
     if result:
-        print(json.dumps({k: v for k, v in result.items() if k not in ("step_loss", "config")}, indent=2))
+        print(
+            json.dumps(
+                {k: v for k, v in result.items() if k not in ("step_loss", "config")}, indent=2
+            )
+        )

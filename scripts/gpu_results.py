@@ -26,10 +26,16 @@ CHAPTERS = ("03_teacher", "05_distillation", "09_scaling-out")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--profile", default="full", choices=("quick", "standard", "full"))
-    p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to test this script)")
-    p.add_argument("--out", type=Path, default=None, help="markdown page (default docs/gpu-results.md)")
+    p.add_argument(
+        "--allow-cpu", action="store_true", help="run without a GPU (to test this script)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="markdown page (default docs/gpu-results.md)"
+    )
     p.add_argument("--only", nargs="*", default=list(CHAPTERS), help="notebook name prefixes")
     return p.parse_args(argv)
 
@@ -43,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     """Execute the chapters and write the page; return a process exit code."""
     args = parse_args(argv)
     if not torch.cuda.is_available() and not args.allow_cpu:
-        print("no CUDA device: this script records GPU results (use --allow-cpu to test it)", file=sys.stderr)
+        print(
+            "no CUDA device: this script records GPU results (use --allow-cpu to test it)",
+            file=sys.stderr,
+        )
         return 2
     work = Path(tempfile.mkdtemp(prefix="kd-gpu-"))
     results = work / "results"
@@ -66,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         first = True
         for key, value in metrics.items():
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-            lines.append(f"| {stem if first else ''} | {f'{seconds:.0f}' if first else ''} | {key} | {shown} |")
+            lines.append(
+                f"| {stem if first else ''} | {f'{seconds:.0f}' if first else ''} | {key} | {shown} |"
+            )
             first = False
     out = args.out or project_root() / "docs" / "gpu-results.md"
     out.write_text("\n".join(lines) + "\n")

@@ -27,8 +27,14 @@ def test_run_checks_lists_every_area(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checks = run_checks("cpu")
     names = [c.name for c in checks]
-    for expected in ("torch", "device", "mixed precision", "packaged teacher", "course data",
-                     "Hugging Face hub"):
+    for expected in (
+        "torch",
+        "device",
+        "mixed precision",
+        "packaged teacher",
+        "course data",
+        "Hugging Face hub",
+    ):
         assert expected in names
     hub = checks[names.index("Hugging Face hub")]
     assert not hub.ok and "offline" in hub.detail and hub.fix
@@ -37,8 +43,13 @@ def test_run_checks_lists_every_area(monkeypatch):
 
 
 def test_table_shows_fix_only_for_failures():
-    table = checks_table([Check("a", True, "fine", "do x"), Check("b", False, "broken", "do y"),
-                          Check("c", False, "absent", "nothing", required=False)])
+    table = checks_table(
+        [
+            Check("a", True, "fine", "do x"),
+            Check("b", False, "broken", "do y"),
+            Check("c", False, "absent", "nothing", required=False),
+        ]
+    )
     assert "do y" in table and "do x" not in table and "| b | FIX |" in table
     assert "| c | note |" in table and "| c | FIX |" not in table
 
@@ -50,8 +61,11 @@ def test_committed_setup_notebook_has_no_fix_rows_for_things_that_are_fine():
     from kdhelpers.paths import notebooks_dir
 
     nb = json.loads((notebooks_dir() / "00_setup.ipynb").read_text())
-    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", ""))
-                   for c in nb["cells"] for o in c.get("outputs", []))
+    text = "".join(
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+    )
     assert "| packaged teacher | ok |" in text, "the committed 00_setup has no checks table"
     fix_rows = [line for line in text.splitlines() if "| FIX |" in line]
     assert not fix_rows, f"committed 00_setup labels these FIX: {fix_rows}"

@@ -72,11 +72,16 @@ def test_int8_weights_follow_the_symmetric_per_tensor_rule():
 
 def test_tiny_bert_quantized_logits_counts_and_size():
     torch.manual_seed(0)
-    model = tiny_bert_student(50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16).eval()
+    model = tiny_bert_student(
+        50, hidden=32, layers=2, heads=2, intermediate=64, max_positions=16
+    ).eval()
     ids, mask = token_batch()
     q = quantize_dynamic_int8(model)
     with torch.no_grad():
-        ref, out = model(input_ids=ids, attention_mask=mask).logits, q(input_ids=ids, attention_mask=mask).logits
+        ref, out = (
+            model(input_ids=ids, attention_mask=mask).logits,
+            q(input_ids=ids, attention_mask=mask).logits,
+        )
     torch.testing.assert_close(out, ref, atol=0.05, rtol=0.0)
     n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
     assert sum(isinstance(m, nnqd.Linear) for m in q.modules()) == n_linear == 2 * 6 + 2
@@ -88,7 +93,9 @@ def test_tiny_bert_quantized_logits_counts_and_size():
     assert isinstance(qe.bert.embeddings.word_embeddings, QuantizedEmbedding)
     assert isinstance(qe.bert.embeddings.position_embeddings, QuantizedEmbedding)
     with torch.no_grad():
-        torch.testing.assert_close(qe(input_ids=ids, attention_mask=mask).logits, ref, atol=0.1, rtol=0.0)
+        torch.testing.assert_close(
+            qe(input_ids=ids, attention_mask=mask).logits, ref, atol=0.1, rtol=0.0
+        )
     assert model_size_mb(qe) < model_size_mb(q) and count_weights(qe) == count_parameters(model)
 
 
@@ -113,7 +120,9 @@ def test_embedding_tables_are_quantized_only_when_asked():
     # the bag student: its MLP can be quantized, its EmbeddingBag (padding_idx) cannot be without changing it
     bag = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=8).eval()
     with torch.no_grad():
-        torch.testing.assert_close(quantize_dynamic_int8(bag)(ids, mask), bag(ids, mask), atol=0.05, rtol=0.0)
+        torch.testing.assert_close(
+            quantize_dynamic_int8(bag)(ids, mask), bag(ids, mask), atol=0.05, rtol=0.0
+        )
     with pytest.raises(ValueError, match="padding_idx"):
         quantize_dynamic_int8(bag, embeddings=True)
 
@@ -141,21 +150,42 @@ def test_quantized_models_are_evaluated_on_the_cpu():
 
 def test_compressed_report_float_and_int8():
     torch.manual_seed(0)
-    model = tiny_bert_student(50, hidden=32, layers=1, heads=2, intermediate=64, max_positions=16).train()
+    model = tiny_bert_student(
+        50, hidden=32, layers=1, heads=2, intermediate=64, max_positions=16
+    ).train()
     g = torch.Generator().manual_seed(2)
-    input_ids = [torch.randint(1, 50, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (20,), generator=g)]
+    input_ids = [
+        torch.randint(1, 50, (int(n),), generator=g).tolist()
+        for n in torch.randint(3, 12, (20,), generator=g)
+    ]
     labels = torch.randint(0, 2, (20,), generator=g)
-    row, logits = compressed_report(model, "tiny", input_ids, labels, "cpu", repeats=2, latency_examples=8)
+    row, logits = compressed_report(
+        model, "tiny", input_ids, labels, "cpu", repeats=2, latency_examples=8
+    )
     assert model.training  # mode restored
-    assert set(row) == {"name", "accuracy", "params_m", "size_mb", "latency_b1_ms", "latency_b64_ms", "int8"}
+    assert set(row) == {
+        "name",
+        "accuracy",
+        "params_m",
+        "size_mb",
+        "latency_b1_ms",
+        "latency_b64_ms",
+        "int8",
+    }
     assert logits.shape == (20, 2) and row["int8"] is False
     assert row["accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
     with torch.no_grad():  # logits in input order, as a plain forward pass gives them
         one = model.eval()(input_ids=torch.tensor([input_ids[5]])).logits
     model.train()
     torch.testing.assert_close(logits[5:6], one, atol=1e-5, rtol=1e-5)
-    qrow, qlogits = compressed_report(quantize_dynamic_int8(model), "tiny int8", input_ids, labels, "cpu", repeats=2)
-    assert qrow["int8"] is True and qrow["params_m"] == row["params_m"] and qrow["size_mb"] < row["size_mb"]
+    qrow, qlogits = compressed_report(
+        quantize_dynamic_int8(model), "tiny int8", input_ids, labels, "cpu", repeats=2
+    )
+    assert (
+        qrow["int8"] is True
+        and qrow["params_m"] == row["params_m"]
+        and qrow["size_mb"] < row["size_mb"]
+    )
     assert row["latency_b1_ms"] > 0 and qrow["latency_b64_ms"] > 0
     with pytest.raises(ValueError, match="labels"):
         compressed_report(model, "tiny", input_ids, labels[:5], "cpu")
@@ -169,11 +199,23 @@ def test_compressed_report_float_and_int8():
 
 def test_prediction_changes_counts_by_hand():
     labels = torch.tensor([0, 1, 1, 0, 1])
-    ref = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 3.0]])  # right, right, wrong, right, right
-    new = torch.tensor([[2.0, 0.5], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 2.0]])  # right, right, right, wrong, right
+    ref = torch.tensor(
+        [[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 3.0]]
+    )  # right, right, wrong, right, right
+    new = torch.tensor(
+        [[2.0, 0.5], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 2.0]]
+    )  # right, right, right, wrong, right
     out = prediction_changes(ref, new, labels)
-    assert out == {"reference_accuracy": 0.8, "accuracy": 0.8, "agreement": 0.6, "fixed": 1, "broken": 1, "n": 5,
-                   "z": 0.0, "max_abs_logit_diff": 1.0}
+    assert out == {
+        "reference_accuracy": 0.8,
+        "accuracy": 0.8,
+        "agreement": 0.6,
+        "fixed": 1,
+        "broken": 1,
+        "n": 5,
+        "z": 0.0,
+        "max_abs_logit_diff": 1.0,
+    }
     # McNemar's z by hand: 3 fixed, 1 broken -> (3 - 1) / sqrt(4) = 1
     ref3 = torch.tensor([[0.0, 1.0]] * 3 + [[1.0, 0.0]] * 2)
     new3 = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0], [1.0, 0.0]])

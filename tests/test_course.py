@@ -18,7 +18,11 @@ def _tiny_notebook(path, body):
     params = nbformat.v4.new_code_cell('PROFILE = "auto"\nSEED = 0')
     params.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
+    }
     nbformat.write(nb, str(path))
 
 
@@ -34,9 +38,11 @@ def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypat
     books = tmp_path / "notebooks"
     books.mkdir()
     _tiny_notebook(books / "01_fails.ipynb", "raise RuntimeError('boom in a cell')")
-    _tiny_notebook(books / "02_works.ipynb",
-                   "from kdhelpers.results import save_results\n"
-                   "save_results('02_works', {'answer': 42}, PROFILE)")
+    _tiny_notebook(
+        books / "02_works.ipynb",
+        "from kdhelpers.results import save_results\n"
+        "save_results('02_works', {'answer': 42}, PROFILE)",
+    )
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.delenv("KD_RESULTS_DIR", raising=False)
     status = run("quick", out=tmp_path / "run")
@@ -45,7 +51,10 @@ def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypat
     assert "01_fails.ipynb: " in out and "boom in a cell" in out
     assert str(tmp_path / "run" / "01_fails.ipynb") in out  # the executed copy to look at
     assert "| 02_works | answer | 42 |" in out  # the table still prints
-    assert json.loads((tmp_path / "run" / "results" / "02_works.json").read_text())["profile"] == "quick"
+    assert (
+        json.loads((tmp_path / "run" / "results" / "02_works.json").read_text())["profile"]
+        == "quick"
+    )
 
 
 def test_in_place_run_keeps_a_failed_notebook_untouched(tmp_path, monkeypatch):
@@ -75,14 +84,24 @@ def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path,
 
 
 def test_clean_notebook_renumbers_after_dropping_the_injected_cell():
-    cells = [nbformat.v4.new_code_cell("a", execution_count=1),
-             nbformat.v4.new_code_cell("# Parameters", execution_count=2),
-             nbformat.v4.new_code_cell("b", execution_count=3,
-                                       outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "1"},
-                                                                       execution_count=3)])]
+    cells = [
+        nbformat.v4.new_code_cell("a", execution_count=1),
+        nbformat.v4.new_code_cell("# Parameters", execution_count=2),
+        nbformat.v4.new_code_cell(
+            "b",
+            execution_count=3,
+            outputs=[
+                nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=3)
+            ],
+        ),
+    ]
     cells[1].metadata["tags"] = ["injected-parameters"]
     kept = clean_notebook(nbformat.v4.new_notebook(cells=[c.copy() for c in cells]), "quick")
-    assert [c.source for c in kept.cells] == ["a", "# Parameters", "b"]  # executed copies repeat the run
+    assert [c.source for c in kept.cells] == [
+        "a",
+        "# Parameters",
+        "b",
+    ]  # executed copies repeat the run
     nb = clean_notebook(nbformat.v4.new_notebook(cells=cells), "standard", strip_injected=True)
     assert [c.source for c in nb.cells] == ["a", "b"]
     assert [c.execution_count for c in nb.cells] == [1, 2]
@@ -131,16 +150,23 @@ def test_running_a_notebook_leaves_the_checkout_clean(tmp_path):
         pytest.skip("not a git checkout")
 
     def status() -> str:
-        return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
 
     before = status()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KD_RESULTS_DIR", "KD_CHECKPOINT_DIR", "KD_CACHE_DIR")}
-    code = ("import sys; from pathlib import Path; from kdhelpers.course import execute_notebook; "
-            "from kdhelpers.paths import notebooks_dir; "
-            "execute_notebook(notebooks_dir() / '02_the-loss.ipynb', Path(sys.argv[1]), 'quick')")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "02.ipynb")], env=env, check=True,
-                   timeout=600)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KD_RESULTS_DIR", "KD_CHECKPOINT_DIR", "KD_CACHE_DIR")
+    }
+    code = (
+        "import sys; from pathlib import Path; from kdhelpers.course import execute_notebook; "
+        "from kdhelpers.paths import notebooks_dir; "
+        "execute_notebook(notebooks_dir() / '02_the-loss.ipynb', Path(sys.argv[1]), 'quick')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "02.ipynb")], env=env, check=True, timeout=600
+    )
     assert status() == before
     assert (root / "runs" / "results" / "02_the-loss.json").exists()

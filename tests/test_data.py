@@ -76,8 +76,9 @@ def split_ids(dsd) -> dict[str, list[str]]:
 
 def leftovers(root: Path) -> list[str]:
     """Staging or old folders an interrupted fetch might leave behind."""
-    return sorted(p.name for p in root.iterdir() if p.name.startswith((".vader-staging-",
-                                                                       ".vader-old-")))
+    return sorted(
+        p.name for p in root.iterdir() if p.name.startswith((".vader-staging-", ".vader-old-"))
+    )
 
 
 # ----------------------------------------------------------------------------- content
@@ -206,8 +207,9 @@ def test_test_split_unchanged_across_n_train(vader_root: Path, movies) -> None:
 
 def test_size_overrides_and_whole_pool(vader_root: Path) -> None:
     pool = RAW_ROWS["tweets"] - NEUTRAL_ROWS["tweets"] - 100 - 50
-    splits = load_sentiment("tweets", n_train=pool, n_validation=50, n_test=100,
-                            data_dir=vader_root)
+    splits = load_sentiment(
+        "tweets", n_train=pool, n_validation=50, n_test=100, data_dir=vader_root
+    )
     assert [len(s) for s in splits.values()] == [pool, 0, 50, 100]
 
 
@@ -354,12 +356,22 @@ def test_command_line_fetch_and_info(tmp_path: Path, vader_sdist: Path) -> None:
     env = {**os.environ, "KD_DATA_DIR": str(tmp_path)}
     fetch = subprocess.run(
         [sys.executable, "-m", "kdhelpers.data", "fetch", "--sdist", str(vader_sdist)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert fetch.returncode == 0, fetch.stderr
     assert fetch.stdout.strip() == str(tmp_path / "vader")
-    info = subprocess.run([sys.executable, "-m", "kdhelpers.data", "info"], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    info = subprocess.run(
+        [sys.executable, "-m", "kdhelpers.data", "info"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert info.returncode == 0, info.stderr
     for domain, rows in RAW_ROWS.items():
         assert re.search(rf"{domain}\s+{rows}\s+{NEUTRAL_ROWS[domain]}\s", info.stdout)
@@ -424,8 +436,11 @@ def test_hub_dataset_layout(domain: str, monkeypatch) -> None:
 
     column = "sentence" if domain == "sst2" else "text"
     fake = datasets.DatasetDict(
-        {"train": fake_split(300, "train", column), "validation": fake_split(40, "val", column),
-         "test": fake_split(50, "test", column)}
+        {
+            "train": fake_split(300, "train", column),
+            "validation": fake_split(40, "val", column),
+            "test": fake_split(50, "test", column),
+        }
     )
     monkeypatch.setattr(kd_data, "_hub_unreachable_reason", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: fake)
@@ -487,7 +502,9 @@ def _offline_index(monkeypatch, find_links: Path) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def test_a_look_alike_sdist_is_refused_before_any_of_its_code_runs(tmp_path: Path, monkeypatch) -> None:
+def test_a_look_alike_sdist_is_refused_before_any_of_its_code_runs(
+    tmp_path: Path, monkeypatch
+) -> None:
     marker = tmp_path / "code-ran.txt"
     _look_alike_sdist(tmp_path / "index", marker)
     _offline_index(monkeypatch, tmp_path / "index")
@@ -560,10 +577,17 @@ def test_interrupted_download_kills_pip_and_its_helpers(tmp_path: Path, monkeypa
 def test_pip_dies_with_a_killed_parent(tmp_path: Path) -> None:
     pid_file = tmp_path / "pids"
     code = _SLEEPER
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys\nfrom kdhelpers import fetch as data\n"
-        f"data._run_killable([sys.executable, '-c', {code!r}, {str(pid_file)!r}], 120)\n"
-    )], env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys\nfrom kdhelpers import fetch as data\n"
+                f"data._run_killable([sys.executable, '-c', {code!r}, {str(pid_file)!r}], 120)\n"
+            ),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         pids = _wait_for_pids(pid_file)
         parent.kill()
@@ -595,9 +619,14 @@ def test_unusable_data_folder_names_kd_data_dir(tmp_path: Path, monkeypatch, whe
     with pytest.raises(UnwritableFolderError, match="KD_DATA_DIR") as info:
         fetch_vader_corpora(sdist_path=tmp_path / "unused.tar.gz")
     assert str(folder) in str(info.value) and "folder you can write" in str(info.value)
-    cli = subprocess.run([sys.executable, "-m", "kdhelpers.data", "fetch", "--sdist", "x.tar.gz"],
-                         capture_output=True, text=True, timeout=120, check=False,
-                         env={**os.environ, "KD_DATA_DIR": str(folder), "PYTHONPATH": str(REPO)})
+    cli = subprocess.run(
+        [sys.executable, "-m", "kdhelpers.data", "fetch", "--sdist", "x.tar.gz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KD_DATA_DIR": str(folder), "PYTHONPATH": str(REPO)},
+    )
     assert cli.returncode == 1 and "KD_DATA_DIR" in cli.stderr and "Traceback" not in cli.stderr
     if where == "under-a-file":
         with pytest.raises(UnwritableFolderError, match="data_dir="):

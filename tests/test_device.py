@@ -68,7 +68,11 @@ def test_autocast_is_a_noop_on_cpu():
 
 
 def test_to_device_handles_nested_batches():
-    batch = {"ids": torch.ones(2, dtype=torch.long), "pair": (torch.zeros(1), [torch.ones(1)]), "n": 3}
+    batch = {
+        "ids": torch.ones(2, dtype=torch.long),
+        "pair": (torch.zeros(1), [torch.ones(1)]),
+        "n": 3,
+    }
     out = to_device(batch, "cpu")
     assert out["n"] == 3
     assert isinstance(out["pair"], tuple) and isinstance(out["pair"][1], list)

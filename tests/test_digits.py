@@ -249,7 +249,9 @@ def test_train_model_checks_targets_and_loss():
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         digits.train_model(model, x, y, "cross_entropy", epochs=1)
     with pytest.raises(ValueError, match="scalar"):
-        digits.train_model(model, x, y, lambda s, t: F.cross_entropy(s, t, reduction="none"), epochs=1)
+        digits.train_model(
+            model, x, y, lambda s, t: F.cross_entropy(s, t, reduction="none"), epochs=1
+        )
     with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
         digits.train_model(model, x.numpy(), y, F.cross_entropy, epochs=1)
 
@@ -362,19 +364,31 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
     for _ in range(2):
         teacher = digits.make_image_teacher(64, hidden=(64,), seed=0)
         digits.train_model(
-            teacher, data.x_train, data.y_train, F.cross_entropy,
-            epochs=20, lr=3e-3, batch_size=128, seed=0,
+            teacher,
+            data.x_train,
+            data.y_train,
+            F.cross_entropy,
+            epochs=20,
+            lr=3e-3,
+            batch_size=128,
+            seed=0,
         )
         soft = digits.image_teacher_logits(teacher, data.x_transfer)
         student = digits.make_image_student(64, seed=0)
         digits.train_model(
-            student, data.x_transfer, soft,
+            student,
+            data.x_transfer,
+            soft,
             lambda s, t: distillation_loss(s, t, None, alpha=0.0, temperature=4.0),
-            epochs=60, lr=1e-2, seed=0,
+            epochs=60,
+            lr=1e-2,
+            seed=0,
         )
         results.append(
-            (digits.image_accuracy(teacher, data.x_test, data.y_test),
-             digits.image_accuracy(student, data.x_test, data.y_test))
+            (
+                digits.image_accuracy(teacher, data.x_test, data.y_test),
+                digits.image_accuracy(student, data.x_test, data.y_test),
+            )
         )
     assert results[0] == results[1]
     teacher_acc, student_acc = results[0]

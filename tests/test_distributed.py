@@ -64,15 +64,19 @@ def test_step_loss_over_micro_batches_equals_the_big_batch_loss_and_gradient():
 
     cuts = [(0, 4), (4, 9), (9, 12)]  # 3 micro-batches of different sizes and labelled counts
     n_lab, n = int((labels >= 0).sum()), len(labels)
-    total = sum(step_loss(kd_loss_parts(logits[a:b], teacher[a:b], labels[a:b], T), n_lab, n, alpha)
-                for a, b in cuts)
+    total = sum(
+        step_loss(kd_loss_parts(logits[a:b], teacher[a:b], labels[a:b], T), n_lab, n, alpha)
+        for a, b in cuts
+    )
     (g_acc,) = torch.autograd.grad(total, logits)
     torch.testing.assert_close(total, reference, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g_acc, g_ref, rtol=1e-6, atol=1e-7)
 
     # the naive recipe (each micro-batch's mean loss / number of micro-batches) is not the same loss
-    naive = sum(make_kd_loss(alpha, T)(logits[a:b], {"labels": labels[a:b], "teacher_logits": teacher[a:b]})
-                for a, b in cuts) / len(cuts)
+    naive = sum(
+        make_kd_loss(alpha, T)(logits[a:b], {"labels": labels[a:b], "teacher_logits": teacher[a:b]})
+        for a, b in cuts
+    ) / len(cuts)
     assert abs(naive.item() - reference.item()) > 1e-3
 
 
@@ -94,8 +98,12 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch():
 
 def _synthetic(n=40, vocab=30, classes=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(1, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
-           for _ in range(n)]
+    ids = [
+        torch.randint(
+            1, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g
+        ).tolist()
+        for _ in range(n)
+    ]
     labels = torch.randint(0, classes, (n,), generator=g)
     labels[::3] = -1
     return TextExamples(ids, labels, torch.randn(n, classes, generator=g))
@@ -105,8 +113,15 @@ def _train(examples, grad_accum, alpha=0.5, normalisation="step"):
     torch.manual_seed(0)
     model = without_dropout(BagOfEmbeddingsStudent(30, embed_dim=8, hidden=8))
     acc = make_accelerator(cpu=True)
-    config = DistillConfig(epochs=2, lr=1e-2, batch_size=8, grad_accum=grad_accum, alpha=alpha, temperature=2.0,
-                          normalisation=normalisation)
+    config = DistillConfig(
+        epochs=2,
+        lr=1e-2,
+        batch_size=8,
+        grad_accum=grad_accum,
+        alpha=alpha,
+        temperature=2.0,
+        normalisation=normalisation,
+    )
     history = distill_accelerate(acc, model, examples, config)
     return {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}, history
 
@@ -120,9 +135,13 @@ def test_gradient_accumulation_trains_the_same_model_as_one_big_batch():
     assert max_abs_difference(w1, w4) < 1e-6
     w_other, _ = _train(examples, 1, alpha=0.9)  # and the comparison can tell different runs apart
     assert max_abs_difference(w1, w_other) > 1e-4
-    w_naive, _ = _train(examples, 4, normalisation="micro-batch")  # uneven labelled counts: a different model
+    w_naive, _ = _train(
+        examples, 4, normalisation="micro-batch"
+    )  # uneven labelled counts: a different model
     assert max_abs_difference(w1, w_naive) > 1e-4
-    w_naive1, _ = _train(examples, 1, normalisation="micro-batch")  # one micro-batch per step: no difference
+    w_naive1, _ = _train(
+        examples, 1, normalisation="micro-batch"
+    )  # one micro-batch per step: no difference
     assert max_abs_difference(w1, w_naive1) < 1e-6
 
 
@@ -152,9 +171,17 @@ def test_shared_teacher_logits_computes_once_then_reads_the_cache(tmp_path):
 
 
 def _run(cmd, tmp_path, extra_env):
-    env = {**os.environ, **extra_env, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "KD_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        **extra_env,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "KD_DEVICE": "cpu",
+    }
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd[:6])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd[:6])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
 
 
 def _launch(tmp_path, dirs, name, processes, grad_accum):
@@ -162,20 +189,47 @@ def _launch(tmp_path, dirs, name, processes, grad_accum):
     script = str(project_root() / "scripts" / "distill_multi_gpu.py")
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone",
-                     "--nproc_per_node", str(processes)]
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+        ]
     # alpha > 0: the CE term is normalised by labelled rows, which the ranks hold unevenly
-    _run([*launcher, script, "--profile", "quick", "--cpu", "--no-dropout", "--alpha", "0.5",
-          "--grad-accum", str(grad_accum),
-          "--out", f"{name}.json", "--save-state", f"{name}.safetensors"], tmp_path, dirs)
-    return (json.loads((tmp_path / f"{name}.json").read_text()),
-            load_file(str(tmp_path / f"{name}.safetensors")))
+    _run(
+        [
+            *launcher,
+            script,
+            "--profile",
+            "quick",
+            "--cpu",
+            "--no-dropout",
+            "--alpha",
+            "0.5",
+            "--grad-accum",
+            str(grad_accum),
+            "--out",
+            f"{name}.json",
+            "--save-state",
+            f"{name}.safetensors",
+        ],
+        tmp_path,
+        dirs,
+    )
+    return (
+        json.loads((tmp_path / f"{name}.json").read_text()),
+        load_file(str(tmp_path / f"{name}.safetensors")),
+    )
 
 
 @pytest.mark.distributed
 def test_two_cpu_processes_match_one_process(tmp_path):
-    dirs = {"KD_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "KD_CACHE_DIR": str(tmp_path / "cache"),
-            "KD_RESULTS_DIR": str(tmp_path / "results")}
+    dirs = {
+        "KD_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "KD_CACHE_DIR": str(tmp_path / "cache"),
+        "KD_RESULTS_DIR": str(tmp_path / "results"),
+    }
     # Each step holds 32 examples. 2 processes x 1 micro-batch and 1 process x 2 micro-batches
     # cut them into the same two halves of 16 (rank r's share = micro-batch r), pad and run each
     # half alone, and add the two half-gradients once (DDP's sum, or accumulation in .grad;

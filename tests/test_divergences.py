@@ -62,7 +62,9 @@ def test_jsd_matches_probability_space_reference(beta, temperature):
     mask[2, 1] = False
     got = generalized_jsd(s, t, beta=beta, mask=mask, temperature=temperature)
     assert got.dtype == torch.float64
-    assert float(got) == pytest.approx(reference(s, t, beta, mask, temperature), rel=1e-12, abs=1e-14)
+    assert float(got) == pytest.approx(
+        reference(s, t, beta, mask, temperature), rel=1e-12, abs=1e-14
+    )
 
 
 def test_kls_match_reference_and_jsd_endpoints():
@@ -73,8 +75,12 @@ def test_kls_match_reference_and_jsd_endpoints():
     assert torch.equal(generalized_jsd(s, t, beta=1.0), reverse_kl(s, t))
     # the formula itself vanishes at the ends; divided by beta (1 - beta) it tends to forward (reverse) KL
     eps = 1e-6
-    assert float(generalized_jsd(s, t, beta=eps)) / eps == pytest.approx(float(forward_kl(s, t)), rel=1e-4)
-    assert float(generalized_jsd(s, t, beta=1 - eps)) / eps == pytest.approx(float(reverse_kl(s, t)), rel=1e-4)
+    assert float(generalized_jsd(s, t, beta=eps)) / eps == pytest.approx(
+        float(forward_kl(s, t)), rel=1e-4
+    )
+    assert float(generalized_jsd(s, t, beta=1 - eps)) / eps == pytest.approx(
+        float(reverse_kl(s, t)), rel=1e-4
+    )
 
 
 def test_exact_seeded_values():
@@ -88,10 +94,14 @@ def test_exact_seeded_values():
 
 def test_token_divergence_dispatch_and_config_errors():
     s, t = logits_pair(2)
-    assert torch.equal(token_divergence(s, t, DivergenceConfig("forward", temperature=2.0)),
-                       forward_kl(s, t, temperature=2.0))
+    assert torch.equal(
+        token_divergence(s, t, DivergenceConfig("forward", temperature=2.0)),
+        forward_kl(s, t, temperature=2.0),
+    )
     assert torch.equal(token_divergence(s, t, DivergenceConfig("reverse")), reverse_kl(s, t))
-    assert torch.equal(token_divergence(s, t, DivergenceConfig("jsd", beta=0.3)), generalized_jsd(s, t, 0.3))
+    assert torch.equal(
+        token_divergence(s, t, DivergenceConfig("jsd", beta=0.3)), generalized_jsd(s, t, 0.3)
+    )
     with pytest.raises(ValueError, match="divergence"):
         DivergenceConfig("kl")
     with pytest.raises(ValueError, match="beta"):
@@ -158,8 +168,10 @@ def test_gradients():
     up, down = s.detach().clone(), s.detach().clone()
     up[1, 2, 3] += eps
     down[1, 2, 3] -= eps
-    numeric = (generalized_jsd(up, t.detach(), 0.3, temperature=1.5)
-               - generalized_jsd(down, t.detach(), 0.3, temperature=1.5)) / (2 * eps)
+    numeric = (
+        generalized_jsd(up, t.detach(), 0.3, temperature=1.5)
+        - generalized_jsd(down, t.detach(), 0.3, temperature=1.5)
+    ) / (2 * eps)
     assert float(s2.grad[1, 2, 3]) == pytest.approx(float(numeric), rel=1e-6)
 
 
@@ -244,7 +256,9 @@ def test_forward_covers_modes_reverse_seeks_one():
     assert rev["mean"] == pytest.approx(config.mode, abs=0.02)
     assert rev["std"] == pytest.approx(config.mode_std, abs=0.02)
     assert rev["loss"] == pytest.approx(math.log(2), abs=1e-3)
-    mirrored = fit_unimodal(ToyFitConfig(grid_points=401, steps=600, init_mean=-0.5), DivergenceConfig("reverse"))
+    mirrored = fit_unimodal(
+        ToyFitConfig(grid_points=401, steps=600, init_mean=-0.5), DivergenceConfig("reverse")
+    )
     assert mirrored["mean"] == pytest.approx(-rev["mean"], abs=1e-6)
 
 

@@ -43,6 +43,7 @@ def random_attention(batch, heads, seq, seed, mask=None):
 
 # ---------------------------------------------------------------- hidden_mse_loss
 
+
 def test_mse_hand_computed():
     s = torch.tensor([[[1.0, 2.0], [0.0, 0.0]]])  # (1, 2, 2)
     t = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])
@@ -64,7 +65,9 @@ def test_mse_matches_pytorch_on_unmasked_tokens(states):
     got = hidden_mse_loss(s, t, proj, mask)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    assert hidden_mse_loss(proj(s).detach(), t).item() == pytest.approx(F.mse_loss(proj(s), t).item(), rel=1e-6)
+    assert hidden_mse_loss(proj(s).detach(), t).item() == pytest.approx(
+        F.mse_loss(proj(s), t).item(), rel=1e-6
+    )
 
 
 def test_mse_mask_equals_sliced_tensors(states):
@@ -72,7 +75,8 @@ def test_mse_mask_equals_sliced_tensors(states):
     # one example of length 3: the masked loss is the loss on the first 3 tokens
     m = torch.tensor([[1, 1, 1, 0, 0]])
     assert hidden_mse_loss(s[1:2], t[1:2], proj, m).item() == pytest.approx(
-        hidden_mse_loss(s[1:2, :3], t[1:2, :3], proj).item(), rel=1e-6)
+        hidden_mse_loss(s[1:2, :3], t[1:2, :3], proj).item(), rel=1e-6
+    )
 
 
 def test_mse_gradient_reaches_projection_not_teacher(states):
@@ -92,18 +96,25 @@ def test_mse_float64_and_half_inputs_give_float32(states):
     t4 = t[..., :4]
     got = hidden_mse_loss(s.double(), t4.half(), mask=mask)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(F.mse_loss(s[mask.bool()], t4.half().float()[mask.bool()]).item(), rel=1e-5)
+    assert got.item() == pytest.approx(
+        F.mse_loss(s[mask.bool()], t4.half().float()[mask.bool()]).item(), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------- hidden_cosine_loss
+
 
 def test_cosine_hand_computed():
     s = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [2.0, 0.0]]])
     t = torch.tensor([[[0.0, 3.0], [2.0, 2.0], [-1.0, 0.0]]])
     # cosines: 0, 1, -1 -> losses 1, 0, 2
     assert hidden_cosine_loss(s, t).item() == pytest.approx(1.0, abs=1e-6)
-    assert hidden_cosine_loss(s, t, mask=torch.tensor([[0, 1, 1]])).item() == pytest.approx(1.0, abs=1e-6)
-    assert hidden_cosine_loss(s, t, mask=torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.5, abs=1e-6)
+    assert hidden_cosine_loss(s, t, mask=torch.tensor([[0, 1, 1]])).item() == pytest.approx(
+        1.0, abs=1e-6
+    )
+    assert hidden_cosine_loss(s, t, mask=torch.tensor([[1, 1, 0]])).item() == pytest.approx(
+        0.5, abs=1e-6
+    )
 
 
 def test_cosine_matches_pytorch(states):
@@ -119,12 +130,14 @@ def test_cosine_mask_equals_sliced_and_grad(states):
     s, t, mask, proj = states
     m = torch.tensor([[1, 1, 0, 0, 0]])
     assert hidden_cosine_loss(s[2:], t[2:], proj, m).item() == pytest.approx(
-        hidden_cosine_loss(s[2:, :2], t[2:, :2], proj).item(), rel=1e-6)
+        hidden_cosine_loss(s[2:, :2], t[2:, :2], proj).item(), rel=1e-6
+    )
     hidden_cosine_loss(s, t, proj, mask).backward()
     assert proj.weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- attention_transfer_loss
+
 
 def test_attention_kl_hand_computed():
     # one query row: teacher (3/4, 1/4), student (1/2, 1/2)
@@ -140,7 +153,9 @@ def test_attention_kl_matches_pytorch_kldiv():
     s, t = random_attention(2, 3, 5, seed=1), random_attention(2, 3, 5, seed=2)
     want = F.kl_div(s.log().reshape(-1, 5), t.reshape(-1, 5), reduction="batchmean")
     assert attention_transfer_loss(s, t).item() == pytest.approx(want.item(), rel=1e-5)
-    assert attention_transfer_loss(s, t, kind="mse").item() == pytest.approx(F.mse_loss(s, t).item(), rel=1e-5)
+    assert attention_transfer_loss(s, t, kind="mse").item() == pytest.approx(
+        F.mse_loss(s, t).item(), rel=1e-5
+    )
 
 
 def test_attention_head_counts_differ_compares_head_means():
@@ -148,13 +163,18 @@ def test_attention_head_counts_differ_compares_head_means():
     sm, tm = s.mean(1), t.mean(1)
     want = F.kl_div(sm.log().reshape(-1, 4), tm.reshape(-1, 4), reduction="batchmean")
     assert attention_transfer_loss(s, t).item() == pytest.approx(want.item(), rel=1e-5)
-    assert attention_transfer_loss(s, t, kind="mse").item() == pytest.approx(F.mse_loss(sm, tm).item(), rel=1e-5)
+    assert attention_transfer_loss(s, t, kind="mse").item() == pytest.approx(
+        F.mse_loss(sm, tm).item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["kl", "mse"])
 def test_attention_mask_equals_sliced(kind):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    s, t = random_attention(2, 2, 5, seed=5, mask=mask), random_attention(2, 2, 5, seed=6, mask=mask)
+    s, t = (
+        random_attention(2, 2, 5, seed=5, mask=mask),
+        random_attention(2, 2, 5, seed=6, mask=mask),
+    )
     got = attention_transfer_loss(s[1:], t[1:], mask[1:], kind=kind)
     want = attention_transfer_loss(s[1:, :, :3, :3], t[1:, :, :3, :3], kind=kind)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
@@ -173,6 +193,7 @@ def test_attention_gradient_flows_to_student_only():
 
 
 # ---------------------------------------------------------------- bad inputs
+
 
 def test_bad_inputs(states):
     s, t, mask, proj = states
@@ -215,6 +236,7 @@ def test_bad_inputs(states):
 
 # ---------------------------------------------------------------- model-side helpers
 
+
 def test_uniform_layer_map():
     assert uniform_layer_map(2, 6) == [(1, 3), (2, 6)]
     assert uniform_layer_map(3, 6) == [(1, 2), (2, 4), (3, 6)]
@@ -236,21 +258,33 @@ def tiny_pair():
 def test_teacher_features_match_one_by_one_forward(tiny_pair):
     teacher, ids = tiny_pair
     teacher.train()  # teacher_features must switch to eval mode itself (no dropout)
-    feats = teacher_features(teacher, ids, hidden_layers=(2, 4), attention_layers=(4,), device="cpu", batch_size=2)
-    assert teacher.training and teacher.config._attn_implementation != "eager"  # restored afterwards
+    feats = teacher_features(
+        teacher, ids, hidden_layers=(2, 4), attention_layers=(4,), device="cpu", batch_size=2
+    )
+    assert (
+        teacher.training and teacher.config._attn_implementation != "eager"
+    )  # restored afterwards
     assert feats.lengths == [5, 3, 6] and feats.width == 12
     teacher.eval()
     teacher.set_attn_implementation("eager")
     with torch.no_grad():
         for i, x in enumerate(ids):
-            out = teacher.base_model(input_ids=torch.tensor([x]), output_hidden_states=True, output_attentions=True)
-            torch.testing.assert_close(feats.hidden[i][1], out.hidden_states[4][0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(feats.attentions[i][0], out.attentions[3][0].mean(0), atol=1e-5, rtol=1e-5)
+            out = teacher.base_model(
+                input_ids=torch.tensor([x]), output_hidden_states=True, output_attentions=True
+            )
+            torch.testing.assert_close(
+                feats.hidden[i][1], out.hidden_states[4][0], atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                feats.attentions[i][0], out.attentions[3][0].mean(0), atol=1e-5, rtol=1e-5
+            )
     teacher.set_attn_implementation("sdpa")
     assert not feats.hidden[0].requires_grad
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     batch = feats.for_batch(torch.tensor([1, 2]), mask)
-    assert tuple(batch["hidden"][2].shape) == (2, 6, 12) and tuple(batch["attentions"][4].shape) == (2, 1, 6, 6)
+    assert tuple(batch["hidden"][2].shape) == (2, 6, 12) and tuple(
+        batch["attentions"][4].shape
+    ) == (2, 1, 6, 6)
     assert batch["hidden"][4][0, 3:].abs().sum() == 0
     with pytest.raises(ValueError, match="token counts"):
         feats.for_batch(torch.tensor([0, 2]), mask)
@@ -265,16 +299,27 @@ def test_teacher_features_match_one_by_one_forward(tiny_pair):
 
 def test_feature_student_and_loss_train_projection(tiny_pair):
     teacher, ids = tiny_pair
-    feats = teacher_features(teacher, ids, hidden_layers=(2, 4), attention_layers=(2, 4), device="cpu")
+    feats = teacher_features(
+        teacher, ids, hidden_layers=(2, 4), attention_layers=(2, 4), device="cpu"
+    )
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
     input_ids = torch.tensor([ids[0] + [0], ids[1] + [0, 0, 0]])
-    batch = {"input_ids": input_ids, "attention_mask": mask, "index": torch.tensor([0, 1]),
-             "labels": torch.tensor([0, -1]), "teacher_logits": torch.tensor([[1.0, -1.0], [0.5, 0.0]])}
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "index": torch.tensor([0, 1]),
+        "labels": torch.tensor([0, -1]),
+        "teacher_logits": torch.tensor([[1.0, -1.0], [0.5, 0.0]]),
+    }
     values = {}
     for kind in ("logits", "mse", "cosine", "attention"):
         torch.manual_seed(0)
-        model = tiny_bert_student(50, hidden=8, layers=2, heads=2, intermediate=16, max_positions=16)
-        student = FeatureStudent(model, kind, uniform_layer_map(2, 4), teacher_width=12, teacher_layers=4, seed=0)
+        model = tiny_bert_student(
+            50, hidden=8, layers=2, heads=2, intermediate=16, max_positions=16
+        )
+        student = FeatureStudent(
+            model, kind, uniform_layer_map(2, 4), teacher_width=12, teacher_layers=4, seed=0
+        )
         assert len(student.projections) == (2 if kind in ("mse", "cosine") else 0)
         loss_fn = make_feature_kd_loss(student, feats, beta=0.5, alpha=0.5, temperature=2.0)
         student.train()
@@ -288,7 +333,9 @@ def test_feature_student_and_loss_train_projection(tiny_pair):
             assert student.projections[0].weight.grad.abs().sum() > 0
     # the same student init and batch give the same logit loss for every kind (attention dropout is off)
     assert len({v[0] for v in values.values()}) == 1
-    assert values["logits"][1] is False and all(values[k][1] for k in ("mse", "cosine", "attention"))
+    assert values["logits"][1] is False and all(
+        values[k][1] for k in ("mse", "cosine", "attention")
+    )
     student.eval()
     assert student(input_ids=input_ids, attention_mask=mask).shape == (2, 2)
 

@@ -74,7 +74,9 @@ def test_weights_copied_from_another_checkpoint_are_refused(tmp_path):
         load_checkpoint(student(), tmp_path / "two")
 
 
-@pytest.mark.parametrize("damage", ["truncate-json", "not-json", "no-json", "truncate-weights", "no-digest"])
+@pytest.mark.parametrize(
+    "damage", ["truncate-json", "not-json", "no-json", "truncate-weights", "no-digest"]
+)
 def test_damaged_or_unverifiable_checkpoints_name_the_file_and_the_fix(tmp_path, damage):
     weights = save_checkpoint(student(), tmp_path / "s")
     _, meta = checkpoint_paths(weights)

@@ -30,7 +30,9 @@ def imports_of(name: str, tree: ast.Module, known: set[str]) -> list[tuple[str, 
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             base = node.module
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         for target in targets:
             if target.startswith("kdhelpers") and target in known and target != name:
                 found.append((target, node.lineno, id(node) in top))
@@ -48,8 +50,13 @@ def is_chapter(name: str) -> bool:
 
 
 def test_core_modules_never_import_chapter_modules():
-    bad = [(m, dep) for m, deps in graph().items() if not is_chapter(m) for dep in deps
-           if is_chapter(dep)]
+    bad = [
+        (m, dep)
+        for m, deps in graph().items()
+        if not is_chapter(m)
+        for dep in deps
+        if is_chapter(dep)
+    ]
     assert not bad, f"core modules importing chapter modules: {bad}"
 
 
@@ -62,7 +69,7 @@ def test_no_import_cycles():
         state[node] = 1
         for dep in sorted(g.get(node, ())):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = 2
@@ -77,8 +84,12 @@ def test_kdhelpers_imports_are_at_module_level():
     """Function-level imports of our own modules only hide cycles; keep them at the top."""
     trees = modules()
     known = set(trees)
-    nested = [(name, target, line) for name, tree in trees.items()
-              for target, line, top in imports_of(name, tree, known) if not top]
+    nested = [
+        (name, target, line)
+        for name, tree in trees.items()
+        for target, line, top in imports_of(name, tree, known)
+        if not top
+    ]
     assert not nested, f"function-level imports of kdhelpers modules: {nested}"
 
 
@@ -104,7 +115,9 @@ def test_no_two_public_names_mean_different_things():
 def test_the_checks_fail_on_a_planted_violation(tmp_path):
     """The graph helpers see a core-to-chapter import and a cycle when there is one."""
     known = {"kdhelpers.a", "kdhelpers.chapters.b"}
-    tree = ast.parse("from kdhelpers.chapters.b import x\n\ndef f():\n    from kdhelpers import a\n")
+    tree = ast.parse(
+        "from kdhelpers.chapters.b import x\n\ndef f():\n    from kdhelpers import a\n"
+    )
     found = imports_of("kdhelpers.a", tree, known | {"kdhelpers"})
     assert ("kdhelpers.chapters.b", 1, True) in found
     tree2 = ast.parse("def f():\n    from kdhelpers.a import y\n")

@@ -1,4 +1,5 @@
-"""kdhelpers.chapters.lm: character tokenizer, tiny GPT-2 LMs, token-level KD loss with padding, perplexity, sampling."""
+"""kdhelpers.chapters.lm: character tokenizer, tiny GPT-2 LMs, token-level KD loss with padding,
+perplexity, sampling."""
 
 import dataclasses
 import math
@@ -34,7 +35,10 @@ def test_round_trip_and_specials(tok):
         ids = tok.encode(text)
         assert ids[0] == lm.BOS_ID and ids[-1] == lm.EOS_ID and len(ids) == len(text) + 2
         assert tok.decode(ids) == text
-    assert tok.decode([lm.BOS_ID, *tok.encode("cat")[1:-1], lm.EOS_ID, *tok.encode("dog")[1:]]) == "cat"
+    assert (
+        tok.decode([lm.BOS_ID, *tok.encode("cat")[1:-1], lm.EOS_ID, *tok.encode("dog")[1:]])
+        == "cat"
+    )
     assert tok.decode([lm.PAD_ID, *tok.encode("sat")[1:]]) == "sat"
 
 
@@ -127,15 +131,19 @@ def test_padding_is_ignored_by_loss_and_perplexity(tok):
     ids, mask = lm.pad_batch([short, long])
     with torch.no_grad():
         padded = lm.lm_logits(model, ids, mask)
-        alone = lm.lm_logits(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+        alone = lm.lm_logits(
+            model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long)
+        )
     assert torch.allclose(padded[0, : len(short)], alone[0], atol=1e-5)
     s_pad, n_pad = lm.nll_sum(padded[:1], ids[:1], mask[:1])
-    s_alone, n_alone = lm.nll_sum(alone, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+    s_alone, n_alone = lm.nll_sum(
+        alone, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long)
+    )
     assert n_pad == n_alone == len(short) - 1 and math.isclose(s_pad, s_alone, rel_tol=1e-5)
     # changing what sits in the padded slots changes nothing
     teacher = torch.randn(padded.shape)
     other = teacher.clone()
-    other[0, len(short):] = 100.0
+    other[0, len(short) :] = 100.0
     a = lm.lm_loss(padded, ids, mask, teacher, alpha=0.3, temperature=2.0)
     b = lm.lm_loss(padded, ids, mask, other, alpha=0.3, temperature=2.0)
     assert torch.allclose(a, b)
@@ -155,11 +163,21 @@ def test_lm_loss_alpha_one_is_cross_entropy_and_kd_matches_reference():
     assert torch.allclose(lm.lm_loss(student, ids, mask), ce)
     assert torch.allclose(lm.lm_loss(student, ids, mask, teacher, alpha=1.0, temperature=3.0), ce)
     t = 2.0
-    kl = F.kl_div(F.log_softmax(student[:, :-1][keep] / t, -1), F.log_softmax(teacher[:, :-1][keep] / t, -1),
-                  reduction="batchmean", log_target=True) * t * t
+    kl = (
+        F.kl_div(
+            F.log_softmax(student[:, :-1][keep] / t, -1),
+            F.log_softmax(teacher[:, :-1][keep] / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
     got = lm.lm_loss(student, ids, mask, teacher, alpha=0.25, temperature=t)
     assert torch.allclose(got, 0.25 * ce + 0.75 * kl, atol=1e-6)
-    direct = distillation_loss(student[:, :-1], teacher[:, :-1], ids[:, 1:], alpha=0.25, temperature=t, mask=keep)
+    direct = distillation_loss(
+        student[:, :-1], teacher[:, :-1], ids[:, 1:], alpha=0.25, temperature=t, mask=keep
+    )
     assert torch.allclose(got, direct)
 
 
@@ -205,10 +223,14 @@ def test_train_lm_is_exactly_repeatable_and_learns(tok):
     for _ in range(2):
         model = tiny(tok.vocab_size, seed=1, dropout=0.1)
         before = lm.perplexity(model, seqs, device="cpu")
-        hist = lm.train_lm(model, seqs, lm.LMTrainConfig(steps=30, batch_size=4, lr=1e-2, seed=5), device="cpu")
+        hist = lm.train_lm(
+            model, seqs, lm.LMTrainConfig(steps=30, batch_size=4, lr=1e-2, seed=5), device="cpu"
+        )
         runs.append((before, lm.perplexity(model, seqs, device="cpu"), hist["train_loss"][0]))
     assert runs[0] == runs[1]
-    assert math.isclose(runs[0][1], 5.679157, rel_tol=1e-4)  # recorded value (seed 1 model, seed 5 batches)
+    assert math.isclose(
+        runs[0][1], 5.679157, rel_tol=1e-4
+    )  # recorded value (seed 1 model, seed 5 batches)
     before, after, _ = runs[0]
     assert after < before / 2
     assert hist["tokens_seen"] == 30 * 4 * sum(len(s) - 1 for s in seqs) // len(seqs)
@@ -223,16 +245,33 @@ def test_train_lm_with_teacher_logits_and_validation(tok):
         ids, mask = lm.pad_batch(seqs[:1])
         assert torch.allclose(cached[0], lm.lm_logits(teacher, ids, mask)[0], atol=1e-5)
     student = tiny(tok.vocab_size, seed=8)
-    config = lm.LMTrainConfig(steps=6, batch_size=3, lr=1e-2, alpha=0.0, temperature=2.0, eval_every=2)
-    hist = lm.train_lm(student, seqs, config, teacher_logits=cached, val_seqs=seqs[:2], device="cpu")
+    config = lm.LMTrainConfig(
+        steps=6, batch_size=3, lr=1e-2, alpha=0.0, temperature=2.0, eval_every=2
+    )
+    hist = lm.train_lm(
+        student, seqs, config, teacher_logits=cached, val_seqs=seqs[:2], device="cpu"
+    )
     assert hist["step"] == [2, 4, 6] and len(hist["val_perplexity"]) == 3
     assert hist["best_val_perplexity"] == min(hist["val_perplexity"])
-    assert math.isclose(lm.perplexity(student, seqs[:2], device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6)
+    assert math.isclose(
+        lm.perplexity(student, seqs[:2], device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6
+    )
     with pytest.raises(ValueError, match="one tensor per sequence"):
-        lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.0), teacher_logits=cached[:2], device="cpu")
+        lm.train_lm(
+            student,
+            seqs,
+            lm.LMTrainConfig(steps=1, alpha=0.0),
+            teacher_logits=cached[:2],
+            device="cpu",
+        )
     with pytest.raises(ValueError, match="must have shape"):
-        lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.0), teacher_logits=[c[:-1] for c in cached],
-                    device="cpu")
+        lm.train_lm(
+            student,
+            seqs,
+            lm.LMTrainConfig(steps=1, alpha=0.0),
+            teacher_logits=[c[:-1] for c in cached],
+            device="cpu",
+        )
     with pytest.raises(ValueError, match="needs teacher_logits"):
         lm.train_lm(student, seqs, lm.LMTrainConfig(steps=1, alpha=0.5), device="cpu")
     with pytest.raises(ValueError, match="fewer than 2"):
@@ -281,7 +320,9 @@ def test_generation_speeds_interleaved(tok, monkeypatch):
         calls.append(("a" if model is a else "b", n, max_new_tokens, kw["seed"]))
         return real(model, n, max_new_tokens, **kw)
 
-    monkeypatch.setattr(lm.generation, "sample", recording_sample)  # where generation_speeds looks it up
+    monkeypatch.setattr(
+        lm.generation, "sample", recording_sample
+    )  # where generation_speeds looks it up
     res = lm.generation_speeds({"a": a, "b": b}, new_tokens=3, batch_size=2, rounds=3, device="cpu")
     assert list(res) == ["a", "b"]
     # one warm-up each, then round-robin, every other round reversed
@@ -308,12 +349,20 @@ def test_load_or_train_lm_saves_then_loads(tmp_path, tok):
     name = "lm-" + lm.lm_fingerprint({"steps": 3}, seqs)
     assert name != "lm-" + lm.lm_fingerprint({"steps": 4}, seqs)
     first = tiny(tok.vocab_size)
-    rec = lm.load_or_train_lm(first, name, lambda m: lm.train_lm(m, seqs, lm.LMTrainConfig(steps=3), device="cpu"), folder=tmp_path)
+    rec = lm.load_or_train_lm(
+        first,
+        name,
+        lambda m: lm.train_lm(m, seqs, lm.LMTrainConfig(steps=3), device="cpu"),
+        folder=tmp_path,
+    )
     assert rec["trained_now"]
     second = tiny(tok.vocab_size, seed=5)
     rec2 = lm.load_or_train_lm(second, name, lambda m: pytest.fail("should load"), folder=tmp_path)
     assert not rec2["trained_now"] and rec2["history"]["step"] == [3]
-    assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
     with pytest.raises(ValueError, match="plain file stem"):
         lm.load_or_train_lm(second, "a/b", lambda m: {}, folder=tmp_path)
 
@@ -324,19 +373,37 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
     The settings are varied so that every field it could confuse (teacher_batch / batch_size,
     teacher_steps / student_steps, teacher / student sizes) holds a different value.
     """
-    settings = replace(lm.LM_PROFILE_SETTINGS["quick"], student_steps=4, eval_every=2, batch_size=2,
-                       teacher_batch=7, teacher_steps=9, lr=5e-3, max_len=40,
-                       student=lm.LMSize(n_layer=2, n_embd=24, n_head=3))
+    settings = replace(
+        lm.LM_PROFILE_SETTINGS["quick"],
+        student_steps=4,
+        eval_every=2,
+        batch_size=2,
+        teacher_batch=7,
+        teacher_steps=9,
+        lr=5e-3,
+        max_len=40,
+        student=lm.LMSize(n_layer=2, n_embd=24, n_head=3),
+    )
     seqs = tok.encode_batch(["a cat sat", "the dog ran", "a bird flew", "cats and dogs"])
     val = seqs[:2]
     model, hist = lm.course_student(tok.vocab_size, seqs, val, settings, seed=3, device="cpu")
     c = model.config
-    assert (c.n_layer, c.n_embd, c.n_head, c.n_positions, c.vocab_size) == (2, 24, 3, 40, tok.vocab_size)
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_positions, c.vocab_size) == (
+        2,
+        24,
+        3,
+        40,
+        tok.vocab_size,
+    )
     assert hist["step"] == [2, 4] and len(hist["val_perplexity"]) == 2
     # 4 steps of 2 of the 4 sequences: every sequence twice (predicted tokens = length - 1)
     assert hist["tokens_seen"] == 2 * sum(len(s) - 1 for s in seqs)
-    assert math.isclose(lm.perplexity(model, val, device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6)
-    tiny_model, _ = lm.course_student(tok.vocab_size, seqs, val, settings, sizes=settings.tiny, device="cpu")
+    assert math.isclose(
+        lm.perplexity(model, val, device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6
+    )
+    tiny_model, _ = lm.course_student(
+        tok.vocab_size, seqs, val, settings, sizes=settings.tiny, device="cpu"
+    )
     assert (tiny_model.config.n_layer, tiny_model.config.n_embd) == (1, 16)
 
     calls = []
@@ -347,13 +414,31 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
         return real(model, train, config, **kw)
 
     monkeypatch.setattr(lm_training, "train_lm", spy)
-    teacher = lm.token_logits(tiny(tok.vocab_size, n_positions=40), seqs, device="cpu", dtype=torch.float32)
-    lm.course_student(tok.vocab_size, seqs, val, settings, teacher_logits=teacher, alpha=0.25, temperature=3.0,
-                      seed=4, device="cpu", desc="kd")
+    teacher = lm.token_logits(
+        tiny(tok.vocab_size, n_positions=40), seqs, device="cpu", dtype=torch.float32
+    )
+    lm.course_student(
+        tok.vocab_size,
+        seqs,
+        val,
+        settings,
+        teacher_logits=teacher,
+        alpha=0.25,
+        temperature=3.0,
+        seed=4,
+        device="cpu",
+        desc="kd",
+    )
     ((train, config, kw),) = calls
-    assert train is seqs and kw["teacher_logits"] is teacher and kw["val_seqs"] is val and kw["desc"] == "kd"
-    assert config == lm.LMTrainConfig(steps=4, batch_size=2, lr=5e-3, alpha=0.25, temperature=3.0, eval_every=2,
-                                      seed=4)
+    assert (
+        train is seqs
+        and kw["teacher_logits"] is teacher
+        and kw["val_seqs"] is val
+        and kw["desc"] == "kd"
+    )
+    assert config == lm.LMTrainConfig(
+        steps=4, batch_size=2, lr=5e-3, alpha=0.25, temperature=3.0, eval_every=2, seed=4
+    )
     with pytest.raises(TypeError, match="LMSettings"):
         lm.course_student(tok.vocab_size, seqs, seqs[:2], {"max_len": 64})
 
@@ -370,5 +455,11 @@ def test_lm_settings_are_frozen_and_keep_the_teacher_checkpoint_names():
     # the name the dict era gave this teacher (computed from the old dict before the change)
     assert lm_training._lm_teacher_name(quick, 40, 0, seqs) == "lm-teacher-f745bde52a4a"
     # student settings do not name the teacher; teacher settings do
-    assert lm_training._lm_teacher_name(replace(quick, student_steps=1), 40, 0, seqs) == "lm-teacher-f745bde52a4a"
-    assert lm_training._lm_teacher_name(replace(quick, teacher_steps=61), 40, 0, seqs) != "lm-teacher-f745bde52a4a"
+    assert (
+        lm_training._lm_teacher_name(replace(quick, student_steps=1), 40, 0, seqs)
+        == "lm-teacher-f745bde52a4a"
+    )
+    assert (
+        lm_training._lm_teacher_name(replace(quick, teacher_steps=61), 40, 0, seqs)
+        != "lm-teacher-f745bde52a4a"
+    )

@@ -45,9 +45,15 @@ def test_matches_float64_reference(batch, alpha, temp):
 def test_matches_pytorch_kldiv_batchmean(batch):
     s, t, _ = batch
     temp = 3.0
-    torch_kl = F.kl_div(F.log_softmax(s / temp, 1), F.log_softmax(t / temp, 1), reduction="batchmean",
-                        log_target=True)
-    assert kd_kl(s, t, temperature=temp).item() == pytest.approx(temp**2 * torch_kl.item(), rel=1e-5)
+    torch_kl = F.kl_div(
+        F.log_softmax(s / temp, 1),
+        F.log_softmax(t / temp, 1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    assert kd_kl(s, t, temperature=temp).item() == pytest.approx(
+        temp**2 * torch_kl.item(), rel=1e-5
+    )
 
 
 def test_hand_computed_example():
@@ -143,9 +149,9 @@ def test_token_level_mask_averages_unmasked_positions():
     # padding positions must not matter
     s2 = s.clone()
     s2[~keep] = 100.0
-    assert distillation_loss(s2, t, y, alpha=0.25, temperature=2.0, mask=mask).item() == pytest.approx(
-        got.item(), rel=1e-6
-    )
+    assert distillation_loss(
+        s2, t, y, alpha=0.25, temperature=2.0, mask=mask
+    ).item() == pytest.approx(got.item(), rel=1e-6)
 
 
 def test_labels_none_with_alpha_zero_is_pure_kd(batch):
@@ -171,10 +177,25 @@ BAD = [
     (dict(alpha=1.5), ValueError, "alpha"),
     (dict(alpha=-0.1), ValueError, "alpha"),
     (dict(labels=None, alpha=0.5), ValueError, "labels"),
-    (dict(student_logits=torch.tensor([[float("nan"), 0.0, 1.0]] * 4)), ValueError, "student_logits"),
-    (dict(teacher_logits=torch.tensor([[float("inf"), 0.0, 1.0]] * 4)), ValueError, "teacher_logits"),
-    (dict(student_logits=torch.empty(0, 3), teacher_logits=torch.empty(0, 3),
-          labels=torch.empty(0, dtype=torch.long)), ValueError, "empty"),
+    (
+        dict(student_logits=torch.tensor([[float("nan"), 0.0, 1.0]] * 4)),
+        ValueError,
+        "student_logits",
+    ),
+    (
+        dict(teacher_logits=torch.tensor([[float("inf"), 0.0, 1.0]] * 4)),
+        ValueError,
+        "teacher_logits",
+    ),
+    (
+        dict(
+            student_logits=torch.empty(0, 3),
+            teacher_logits=torch.empty(0, 3),
+            labels=torch.empty(0, dtype=torch.long),
+        ),
+        ValueError,
+        "empty",
+    ),
     (dict(student_logits=torch.ones(4, 3, dtype=torch.long)), TypeError, "student_logits"),
     (dict(student_logits=[[0.0, 1.0, 2.0]]), TypeError, "student_logits"),
     (dict(mask=torch.ones(4)), ValueError, "mask"),
@@ -183,8 +204,13 @@ BAD = [
 
 @pytest.mark.parametrize("override,exc,word", BAD)
 def test_bad_input_raises_clear_error(override, exc, word):
-    args = dict(student_logits=torch.randn(4, 3), teacher_logits=torch.randn(4, 3),
-                labels=torch.tensor([0, 1, 2, 0]), alpha=0.5, temperature=2.0)
+    args = dict(
+        student_logits=torch.randn(4, 3),
+        teacher_logits=torch.randn(4, 3),
+        labels=torch.tensor([0, 1, 2, 0]),
+        alpha=0.5,
+        temperature=2.0,
+    )
     args.update(override)
     kw = {k: args.pop(k) for k in ("alpha", "temperature", "mask") if k in args}
     with pytest.raises(exc, match=word):
@@ -211,7 +237,9 @@ def test_soft_targets_rejects_bad_temperature():
 logit_rows = st.integers(1, 6).flatmap(
     lambda n: st.integers(2, 7).flatmap(
         lambda c: st.lists(
-            st.lists(st.floats(-20, 20, allow_nan=False), min_size=c, max_size=c), min_size=n, max_size=n
+            st.lists(st.floats(-20, 20, allow_nan=False), min_size=c, max_size=c),
+            min_size=n,
+            max_size=n,
         )
     )
 )
@@ -229,6 +257,10 @@ def test_properties(s, seed, temp, shift):
     assert kd_kl(s, s, temp).item() == pytest.approx(0.0, abs=1e-4)
     assert kd_kl(s + shift, t, temp).item() == pytest.approx(kd, rel=1e-3, abs=1e-3)
     ce = F.cross_entropy(s, y).item()
-    assert distillation_loss(s, t, y, alpha=1.0, temperature=temp).item() == pytest.approx(ce, rel=1e-5)
-    assert distillation_loss(s, t, y, alpha=0.0, temperature=temp).item() == pytest.approx(kd, rel=1e-5)
+    assert distillation_loss(s, t, y, alpha=1.0, temperature=temp).item() == pytest.approx(
+        ce, rel=1e-5
+    )
+    assert distillation_loss(s, t, y, alpha=0.0, temperature=temp).item() == pytest.approx(
+        kd, rel=1e-5
+    )
     assert math.isfinite(distillation_loss(s, t, y, alpha=0.5, temperature=temp).item())

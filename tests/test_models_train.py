@@ -81,7 +81,9 @@ def test_packaged_teacher_loads_with_the_network_blocked(monkeypatch):
 
 def test_hub_name_fails_fast_and_clearly_offline(monkeypatch):
     attempts = _block_network(monkeypatch)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # declared offline: refused without touching the network
+    monkeypatch.setenv(
+        "HF_HUB_OFFLINE", "1"
+    )  # declared offline: refused without touching the network
     start = time.perf_counter()
     with pytest.raises(OSError, match=r"HF_HUB_OFFLINE is set.*load_teacher\(None\)"):
         load_teacher("bert-base-uncased")
@@ -127,8 +129,10 @@ def test_student_sizes(teacher):
     distil = distilbert_style_student(model)
     assert distil.config.num_hidden_layers == 3 and len(distil.bert.encoder.layer) == 3
     assert model.config.num_hidden_layers == 6  # the teacher is untouched
-    torch.testing.assert_close(distil.bert.encoder.layer[0].output.dense.weight,
-                               model.bert.encoder.layer[1].output.dense.weight)
+    torch.testing.assert_close(
+        distil.bert.encoder.layer[0].output.dense.weight,
+        model.bert.encoder.layer[1].output.dense.weight,
+    )
     assert model_size_mb(bag) == pytest.approx(count_parameters(bag) * 4 / 1e6, rel=0.01)
     with pytest.raises(ValueError, match="heads"):
         tiny_bert_student(100, hidden=130, heads=4)
@@ -173,8 +177,13 @@ def test_pad_collate_and_loader_keep_teacher_logits_with_their_example():
             assert batch["attention_mask"][row].sum() == n
         seen += len(batch["index"])
     assert seen == 40
-    b = pad_collate([{"input_ids": [1, 2, 3], "labels": 0, "index": 0},
-                     {"input_ids": [1], "labels": 1, "index": 1}], pad_id=0)
+    b = pad_collate(
+        [
+            {"input_ids": [1, 2, 3], "labels": 0, "index": 0},
+            {"input_ids": [1], "labels": 1, "index": 1},
+        ],
+        pad_id=0,
+    )
     assert b["input_ids"].tolist() == [[1, 2, 3], [1, 0, 0]]
 
 
@@ -193,7 +202,9 @@ def test_fit_learns_the_toy_task_and_is_repeatable():
         model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
         train = make_loader(toy_examples(256, seed=1), 32, shuffle=True, seed=0)
         val = make_loader(toy_examples(128, seed=2), 64)
-        hist = fit(model, train, val, config=TrainConfig(epochs=20, lr=2e-2, patience=None), device="cpu")
+        hist = fit(
+            model, train, val, config=TrainConfig(epochs=20, lr=2e-2, patience=None), device="cpu"
+        )
         return model, hist, val
 
     model, hist, val = run()
@@ -208,9 +219,15 @@ def test_fit_with_kd_loss_on_partly_unlabelled_data(tmp_path):
     data = toy_examples(200, seed=4, with_teacher=True)
     data.labels[100:] = -1  # half unlabelled: only the teacher speaks for them
     model = BagOfEmbeddingsStudent(50, embed_dim=16, hidden=16, dropout=0.0)
-    hist = fit(model, make_loader(data, 32, shuffle=True), make_loader(toy_examples(100, seed=5), 50),
-               make_kd_loss(alpha=0.3, temperature=2.0), TrainConfig(epochs=20, lr=2e-2), device="cpu",
-               checkpoint=tmp_path / "best")
+    hist = fit(
+        model,
+        make_loader(data, 32, shuffle=True),
+        make_loader(toy_examples(100, seed=5), 50),
+        make_kd_loss(alpha=0.3, temperature=2.0),
+        TrainConfig(epochs=20, lr=2e-2),
+        device="cpu",
+        checkpoint=tmp_path / "best",
+    )
     assert hist["best_val_accuracy"] > 0.9
     assert (tmp_path / "best.safetensors").exists()
 
@@ -240,7 +257,9 @@ def test_warmup_schedule_shape():
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
-    assert lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+    assert lrs[-1] == pytest.approx(0.125) and lrs == sorted(lrs[:2]) + sorted(
+        lrs[2:], reverse=True
+    )
 
 
 def test_cnn_student_ignores_padding_and_handles_short_inputs(teacher):
@@ -270,10 +289,14 @@ def test_without_dropout_zeroes_every_dropout_and_makes_train_mode_deterministic
     model = BagOfEmbeddingsStudent(20, embed_dim=8, hidden=8, dropout=0.5).train()
     ids = torch.tensor([[1, 2, 3, 0]])
     mask = (ids > 0).long()
-    assert not torch.equal(model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask))
+    assert not torch.equal(
+        model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+    )
     assert without_dropout(model) is model
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
-    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask))
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+    )
     with pytest.raises(TypeError, match="nn.Module"):
         without_dropout("not a model")
 
@@ -296,10 +319,14 @@ def test_optimiser_step_clips_after_unscaling_and_accumulates():
     grads = torch.autograd.grad(_loss(ref), list(ref.parameters()))
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     assert norm > 1  # so clipping matters
-    want = [p.detach() - 0.5 * g / (norm + 1e-6) for p, g in zip(ref.parameters(), grads, strict=True)]
+    want = [
+        p.detach() - 0.5 * g / (norm + 1e-6) for p, g in zip(ref.parameters(), grads, strict=True)
+    ]
     for kw in ({}, {"scaler": torch.amp.GradScaler("cpu", init_scale=2.0**10)}):
         model, step = _linear_step(max_grad_norm=1.0, **kw)
-        step(_loss(model))  # under the scaler: unscaled before clipping, else the clip would see 1024x
+        step(
+            _loss(model)
+        )  # under the scaler: unscaled before clipping, else the clip would see 1024x
         for p, w in zip(model.parameters(), want, strict=True):
             torch.testing.assert_close(p.detach(), w)
     # two backward calls then one update = one step on the summed loss
@@ -314,8 +341,11 @@ def test_optimiser_step_clips_after_unscaling_and_accumulates():
         torch.testing.assert_close(p, q)
     # Accelerate-style: backward and clipping are the callables given
     calls = []
-    c, step_c = _linear_step(max_grad_norm=2.0, backward_fn=lambda loss: calls.append("backward") or loss.backward(),
-                             clip_fn=lambda params, norm: calls.append(("clip", len(params), norm)))
+    c, step_c = _linear_step(
+        max_grad_norm=2.0,
+        backward_fn=lambda loss: calls.append("backward") or loss.backward(),
+        clip_fn=lambda params, norm: calls.append(("clip", len(params), norm)),
+    )
     step_c(_loss(c))
     assert calls == ["backward", ("clip", 2, 2.0)]
     with pytest.raises(ValueError, match="max_grad_norm"):

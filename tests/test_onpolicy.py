@@ -1,4 +1,5 @@
-"""kdhelpers.chapters.lm.onpolicy: GKD-style on-policy distillation of tiny character LMs, generation helpers, sample metrics."""
+"""kdhelpers.chapters.lm.onpolicy: GKD-style on-policy distillation of tiny character LMs, generation
+helpers, sample metrics."""
 
 import copy
 import math
@@ -42,7 +43,9 @@ def seqs(tok):
 
 
 def tiny(vocab_size, seed=0, n_embd=16):
-    return lm.make_lm(vocab_size, n_layer=1, n_embd=n_embd, n_head=2, n_positions=32, dropout=0.0, seed=seed)
+    return lm.make_lm(
+        vocab_size, n_layer=1, n_embd=n_embd, n_head=2, n_positions=32, dropout=0.0, seed=seed
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_sample_continuations_shapes_and_seeds(tok, seqs, teacher):
     assert len(out) == len(prompts)
     for p, s in zip(prompts, out, strict=True):
         assert s[: len(p)] == p and len(p) < len(s) <= len(p) + NEW
-        tail = s[len(p):]
+        tail = s[len(p) :]
         assert not set(tail) & set(FORBIDDEN_IDS)
         assert lm.EOS_ID not in tail[:-1]
         assert tail[-1] == lm.EOS_ID or len(tail) == NEW
@@ -99,7 +102,9 @@ def test_greedy_matches_argmax_without_cache(seqs, teacher):
 def test_sequence_kd_targets_are_teacher_greedy_outputs(seqs, teacher):
     out = sequence_kd_targets(teacher, seqs, prompt_len=K, max_new_tokens=NEW)
     long_enough = [s for s in seqs if len(s) > K]
-    assert len(long_enough) == len(seqs) - 1  # "o" = [bos, o, eos] has no token after a 3-token prompt
+    assert (
+        len(long_enough) == len(seqs) - 1
+    )  # "o" = [bos, o, eos] has no token after a 3-token prompt
     assert out == greedy_continuations(teacher, [s[:K] for s in long_enough], NEW)
     assert onpolicy_prompts(seqs, K) == long_enough
 
@@ -166,10 +171,14 @@ def test_prompt_and_padding_positions_carry_no_loss(tok, seqs, teacher):
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, **kw):
-            logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw).logits.clone()
+            logits = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, **kw
+            ).logits.clone()
             junk = 50 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(9))
             keep = torch.zeros(logits.shape[:2], dtype=torch.bool)
-            keep[:, K - 1 : -1] = attention_mask[:, K:].bool()  # positions that predict a continuation token
+            keep[:, K - 1 : -1] = attention_mask[
+                :, K:
+            ].bool()  # positions that predict a continuation token
             return SimpleNamespace(logits=torch.where(keep[..., None], logits, junk))
 
     for lmbda in (0.0, 1.0):
@@ -194,10 +203,14 @@ def test_deterministic_with_a_seed(tok, seqs, teacher):
     runs = []
     for seed in (0, 0, 1):
         student = tiny(tok.vocab_size, seed=2, n_embd=8)
-        h = distill_on_policy(student, teacher, seqs, config(lmbda=0.5, seed=seed, steps=6), device="cpu")
+        h = distill_on_policy(
+            student, teacher, seqs, config(lmbda=0.5, seed=seed, steps=6), device="cpu"
+        )
         runs.append((h, params(student)))
     (h0, p0), (h1, p1), (h2, _) = runs
-    assert h0["loss"] == h1["loss"] and h0["on_policy"] == h1["on_policy"] and h0["rows"] == h1["rows"]
+    assert (
+        h0["loss"] == h1["loss"] and h0["on_policy"] == h1["on_policy"] and h0["rows"] == h1["rows"]
+    )
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
     assert (h0["on_policy"], h0["rows"]) != (h2["on_policy"], h2["rows"])
     # the coin is Python's random.Random(seed), drawn once per step, on-policy when below lmbda
@@ -219,25 +232,36 @@ def test_token_budget_counting_is_exact(tok, seqs, teacher):
 
     # seq_kd: the teacher also generates (its greedy continuations, prompt and new tokens counted)
     student = tiny(tok.vocab_size, seed=2, n_embd=8)
-    h = distill_on_policy(student, teacher, seqs, config(lmbda=0.0, seq_kd=True, steps=2), device="cpu")
+    h = distill_on_policy(
+        student, teacher, seqs, config(lmbda=0.0, seq_kd=True, steps=2), device="cpu"
+    )
     pool = onpolicy_prompts(seqs, K)
-    generated = [greedy_continuations(teacher, [pool[i][:K] for i in rows], NEW) for rows in h["rows"]]
+    generated = [
+        greedy_continuations(teacher, [pool[i][:K] for i in rows], NEW) for rows in h["rows"]
+    ]
     expected = sum(len(s) for batch in generated for s in batch)
     assert h["teacher_generated_tokens"] == expected == h["teacher_scored_tokens"]
     assert h["teacher_tokens"] == 2 * expected
 
     # a budget stops training before the step that would start beyond it
     student = tiny(tok.vocab_size, seed=2, n_embd=8)
-    h = distill_on_policy(student, teacher, seqs, config(lmbda=0.0, steps=50, max_teacher_tokens=60),
-                          device="cpu")
+    h = distill_on_policy(
+        student, teacher, seqs, config(lmbda=0.0, steps=50, max_teacher_tokens=60), device="cpu"
+    )
     per_step = h["teacher_tokens_per_step"]
     assert per_step[-2] < 60 <= per_step[-1] and h["steps_run"] == len(per_step) < 50
 
 
 def test_config_and_argument_errors(tok, seqs, teacher):
-    for kw, name in ((dict(lmbda=1.5), "lmbda"), (dict(beta=-1.0), "beta"), (dict(steps=0), "steps"),
-                     (dict(divergence="kl"), "divergence"), (dict(temperature=0.0), "temperature"),
-                     (dict(max_teacher_tokens=0), "max_teacher_tokens"), (dict(prompt_len=0), "prompt_len")):
+    for kw, name in (
+        (dict(lmbda=1.5), "lmbda"),
+        (dict(beta=-1.0), "beta"),
+        (dict(steps=0), "steps"),
+        (dict(divergence="kl"), "divergence"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(max_teacher_tokens=0), "max_teacher_tokens"),
+        (dict(prompt_len=0), "prompt_len"),
+    ):
         with pytest.raises((TypeError, ValueError), match=name):
             config(**kw)
     with pytest.raises(TypeError, match="seq_kd"):
@@ -274,19 +298,24 @@ def test_distinct_n_and_repetition_rate_by_hand():
 def test_continuation_perplexity_matches_lm_perplexity(seqs, teacher):
     # prompt_len=1 (just bos) scores every target, as kdhelpers.chapters.lm.perplexity does
     assert continuation_perplexity(teacher, seqs, 1, batch_size=4) == pytest.approx(
-        lm.perplexity(teacher, seqs, device="cpu"), rel=1e-6)
+        lm.perplexity(teacher, seqs, device="cpu"), rel=1e-6
+    )
     # and by hand for a prompt of K tokens
     ids = torch.tensor([seqs[0]])
     with torch.no_grad():
         logp = torch.log_softmax(teacher(input_ids=ids).logits[0, :-1], -1)
     nll = -logp[torch.arange(K - 1, len(seqs[0]) - 1), ids[0, K:]].mean()
-    assert continuation_perplexity(teacher, seqs[:1], K) == pytest.approx(math.exp(float(nll)), rel=1e-6)
+    assert continuation_perplexity(teacher, seqs[:1], K) == pytest.approx(
+        math.exp(float(nll)), rel=1e-6
+    )
 
 
 def test_exposure_bias_gap_and_sample_metrics(tok, seqs, teacher):
     cfg = EvalConfig(prompt_len=K, max_new_tokens=NEW, seed=5)
     same = exposure_bias_gap(copy.deepcopy(teacher), teacher, seqs, cfg)
-    assert same["teacher_forced"] == pytest.approx(0.0, abs=1e-6) and same["gap"] == pytest.approx(0.0, abs=1e-6)
+    assert same["teacher_forced"] == pytest.approx(0.0, abs=1e-6) and same["gap"] == pytest.approx(
+        0.0, abs=1e-6
+    )
     student = tiny(tok.vocab_size, seed=3, n_embd=8)
     gap = exposure_bias_gap(student, teacher, seqs, cfg)
     assert gap["gap"] == pytest.approx(gap["free_running"] - gap["teacher_forced"])
@@ -303,11 +332,19 @@ def test_exposure_bias_gap_and_sample_metrics(tok, seqs, teacher):
         n += ids.shape[1] - K
     assert gap["teacher_forced"] == pytest.approx(total / n, rel=1e-5)
     metrics = sample_metrics(student, teacher, seqs, cfg)
-    assert set(metrics) == {"teacher_perplexity", "distinct_n", "repetition_rate", "exposure_teacher_forced",
-                            "exposure_free_running", "exposure_gap"}
+    assert set(metrics) == {
+        "teacher_perplexity",
+        "distinct_n",
+        "repetition_rate",
+        "exposure_teacher_forced",
+        "exposure_free_running",
+        "exposure_gap",
+    }
     assert metrics["exposure_gap"] == pytest.approx(gap["gap"])
     samples = sample_continuations(student, [s[:K] for s in pool], NEW, seed=5)
-    assert metrics["teacher_perplexity"] == pytest.approx(continuation_perplexity(teacher, samples, K))
+    assert metrics["teacher_perplexity"] == pytest.approx(
+        continuation_perplexity(teacher, samples, K)
+    )
     assert 0 < metrics["distinct_n"] <= 1 and 0 <= metrics["repetition_rate"] < 1
     with pytest.raises(TypeError, match="config"):
         sample_metrics(student, teacher, seqs, {"prompt_len": 3})

@@ -22,7 +22,9 @@ def test_temperature_softmax_bars_match_soft_targets():
 
 
 def test_training_curves_one_panel_per_metric():
-    fig = training_curves({"labels": {"loss": [1, 0.5], "acc": [0.5, 0.7]}, "kd": {"loss": [1, 0.4]}})
+    fig = training_curves(
+        {"labels": {"loss": [1, 0.5], "acc": [0.5, 0.7]}, "kd": {"loss": [1, 0.4]}}
+    )
     assert len(fig.axes) == 2
     assert sum(len(ax.lines) for ax in fig.axes) == 3
     with pytest.raises(ValueError, match="history"):
@@ -39,8 +41,10 @@ def test_line_plot_checks_lengths():
 def test_reliability_heatmap_scatter():
     from kdhelpers.plots import heatmap, reliability_diagram, scatter_tradeoff
 
-    bins = [{"low": 0.5, "high": 0.75, "n": 3, "confidence": 0.6, "accuracy": 0.5},
-            {"low": 0.75, "high": 1.0, "n": 0, "confidence": float("nan"), "accuracy": float("nan")}]
+    bins = [
+        {"low": 0.5, "high": 0.75, "n": 3, "confidence": 0.6, "accuracy": 0.5},
+        {"low": 0.75, "high": 1.0, "n": 0, "confidence": float("nan"), "accuracy": float("nan")},
+    ]
     assert len(reliability_diagram(bins).axes[0].patches) == 1
     with pytest.raises(ValueError, match="bin"):
         reliability_diagram([bins[1]])
@@ -48,6 +52,10 @@ def test_reliability_heatmap_scatter():
     assert len(fig.axes[0].texts) == 4
     with pytest.raises(ValueError, match="shape"):
         heatmap([[0.1]], ["a", "b"], ["x"], "T", "alpha")
-    fig = scatter_tradeoff([{"name": "t", "latency_ms": 10, "accuracy": 0.8, "size_mb": 90},
-                            {"name": "s", "latency_ms": 0.1, "accuracy": 0.78, "size_mb": 2}])
+    fig = scatter_tradeoff(
+        [
+            {"name": "t", "latency_ms": 10, "accuracy": 0.8, "size_mb": 90},
+            {"name": "s", "latency_ms": 0.1, "accuracy": 0.78, "size_mb": 2},
+        ]
+    )
     assert len(fig.axes[0].collections) == 2

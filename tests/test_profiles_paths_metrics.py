@@ -49,8 +49,9 @@ def test_accuracy_and_bad_input():
 
 
 def test_save_results_writes_json_atomically(tmp_path):
-    path = save_results("99_test", {"acc": torch.tensor(0.5), "n": 3}, "quick", {"curve": [1, 2]},
-                        folder=tmp_path)
+    path = save_results(
+        "99_test", {"acc": torch.tensor(0.5), "n": 3}, "quick", {"curve": [1, 2]}, folder=tmp_path
+    )
     data = json.loads(path.read_text())
     assert data["metrics"] == {"acc": 0.5, "n": 3}
     assert data["details"]["curve"] == [1, 2] and data["profile"] == "quick"
@@ -92,12 +93,17 @@ def test_cpu_latency_quartiles_from_a_fake_clock(monkeypatch):
             return super().forward(input_ids, attention_mask)
 
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    stats = cpu_latency(Worker(30, embed_dim=4, hidden=4), [[1, 2, 3]], batch_size=4, repeats=5, warmup=1)
+    stats = cpu_latency(
+        Worker(30, embed_dim=4, hidden=4), [[1, 2, 3]], batch_size=4, repeats=5, warmup=1
+    )
     ms = 1000 / 1024
     # sorted runs 1..5: median 3; exclusive quartiles at positions 1.5 and 4.5 -> 1.5 and 4.5
     assert stats["median_ms"] == pytest.approx(3 * ms, abs=1e-12)
     assert (stats["p25_ms"], stats["p75_ms"]) == pytest.approx((1.5 * ms, 4.5 * ms), abs=1e-12)
-    assert stats["examples_per_s"] == pytest.approx(4 / (3 / 1024), rel=1e-12) and stats["batch_size"] == 4
+    assert (
+        stats["examples_per_s"] == pytest.approx(4 / (3 / 1024), rel=1e-12)
+        and stats["batch_size"] == 4
+    )
     with pytest.raises(ValueError, match="input_ids"):
         cpu_latency(BagOfEmbeddingsStudent(30), [], batch_size=1)
 
@@ -117,14 +123,28 @@ def test_clean_notebook_drops_progress_bars_and_paths():
     from kdhelpers.course import clean_notebook
 
     bar = "train 1/3:   0%|          | 0/94 [00:00<?, ?it/s]\rtrain 1/3: 100%|##| 94/94 [00:01<00:00]\n"
-    nb = {"metadata": {"papermill": {"input_path": "/x"}, "jupytext": {}},
-          "cells": [{"cell_type": "code", "metadata": {"papermill": {}, "execution": {}},
-                     "outputs": [{"output_type": "stream", "name": "stderr", "text": bar},
-                                 {"output_type": "stream", "name": "stderr", "text": bar + "a real warning\n"},
-                                 {"output_type": "display_data", "metadata": {},
-                                  "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
-                                           "text/plain": ["t 1/2:   0%|   | 0/8 [00:00<?, ?it/s]"]}},
-                                 {"output_type": "stream", "name": "stdout", "text": "result 0.5\n"}]}]}
+    nb = {
+        "metadata": {"papermill": {"input_path": "/x"}, "jupytext": {}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"papermill": {}, "execution": {}},
+                "outputs": [
+                    {"output_type": "stream", "name": "stderr", "text": bar},
+                    {"output_type": "stream", "name": "stderr", "text": bar + "a real warning\n"},
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                            "text/plain": ["t 1/2:   0%|   | 0/8 [00:00<?, ?it/s]"],
+                        },
+                    },
+                    {"output_type": "stream", "name": "stdout", "text": "result 0.5\n"},
+                ],
+            }
+        ],
+    }
     out = clean_notebook(nb)
     assert "papermill" not in out["metadata"] and out["metadata"]["kernelspec"]["name"] == "python3"
     outputs = out["cells"][0]["outputs"]
@@ -178,15 +198,23 @@ def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
         load_results("../secrets")
 
 
-@pytest.mark.parametrize("env,getter", [("KD_DATA_DIR", "data_dir"), ("KD_CACHE_DIR", "cache_dir"),
-                                        ("KD_CHECKPOINT_DIR", "checkpoints_dir"),
-                                        ("KD_RESULTS_DIR", "results_dir")])
+@pytest.mark.parametrize(
+    "env,getter",
+    [
+        ("KD_DATA_DIR", "data_dir"),
+        ("KD_CACHE_DIR", "cache_dir"),
+        ("KD_CHECKPOINT_DIR", "checkpoints_dir"),
+        ("KD_RESULTS_DIR", "results_dir"),
+    ],
+)
 def test_impossible_folder_names_its_variable(tmp_path, monkeypatch, env, getter):
     from kdhelpers.folders import UnwritableFolderError
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(env, str(blocker / "inside"))  # a folder under a regular file: even root fails
+    monkeypatch.setenv(
+        env, str(blocker / "inside")
+    )  # a folder under a regular file: even root fails
     with pytest.raises(UnwritableFolderError) as info:
         getattr(paths, getter)()
     message = str(info.value)

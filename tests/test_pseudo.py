@@ -24,8 +24,10 @@ def tiny_teacher(seed=0):
 
 def examples(n=30, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(1, 40, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g).tolist()
-           for _ in range(n)]
+    ids = [
+        torch.randint(1, 40, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
     return [f"ex:{i}" for i in range(n)], ids
 
 
@@ -68,12 +70,15 @@ def test_cache_hit_and_every_kind_of_staleness(tmp_path):
     assert not cache_logits(teacher, ids, tokens2, tmp_path, progress=False).from_cache
     # the same examples, re-ordered
     order = list(reversed(range(len(ids))))
-    reordered = cache_logits(teacher, [ids[i] for i in order], [tokens[i] for i in order], tmp_path,
-                             progress=False)
+    reordered = cache_logits(
+        teacher, [ids[i] for i in order], [tokens[i] for i in order], tmp_path, progress=False
+    )
     assert not reordered.from_cache
     torch.testing.assert_close(reordered.logits, first.logits[order])
     # other ids for the same texts
-    assert not cache_logits(teacher, [i + "x" for i in ids], tokens, tmp_path, progress=False).from_cache
+    assert not cache_logits(
+        teacher, [i + "x" for i in ids], tokens, tmp_path, progress=False
+    ).from_cache
 
 
 def test_truncated_cache_file_is_recomputed(tmp_path):
@@ -150,7 +155,10 @@ def test_values_changed_inside_a_valid_cache_file_are_recomputed(tmp_path, damag
     elif damage == "reorder-rows":
         _rewrite_cache(first.path, lambda x: x.flip(0).contiguous())
     elif damage == "one-value":
-        _rewrite_cache(first.path, lambda x: x.index_put((torch.tensor([3]), torch.tensor([1])), torch.tensor(0.5)))
+        _rewrite_cache(
+            first.path,
+            lambda x: x.index_put((torch.tensor([3]), torch.tensor([1])), torch.tensor(0.5)),
+        )
     else:  # a file of the earlier format: the same key and values but no digest
         _rewrite_cache(first.path, drop=("logits_sha256", "format"))
     again = cache_logits(teacher, ids, tokens, tmp_path, progress=False)

@@ -28,8 +28,16 @@ def splits():
     return tokenize_splits(ds, tok, max_length=24)
 
 
-SETTINGS = CourseSettings(domain="movies", seed=0, n_train=24, pooling="mean", max_length=24, epochs=1, lr=1e-4,
-                          batch_size=8)
+SETTINGS = CourseSettings(
+    domain="movies",
+    seed=0,
+    n_train=24,
+    pooling="mean",
+    max_length=24,
+    epochs=1,
+    lr=1e-4,
+    batch_size=8,
+)
 
 
 class _Ids:
@@ -43,7 +51,11 @@ def test_teacher_names_are_the_hashes_of_the_dict_settings_they_replaced():
     """The names (and so the checkpoints) of the dict era: computed from the old dicts before the change."""
     fake = {"train": _Ids(["a", "b"]), "validation": _Ids(["c"])}
     names = [_teacher_name(course_settings(p, 0), fake) for p in ("quick", "standard", "full")]
-    assert names == ["teacher-movies-eb36bafbe44e", "teacher-movies-73a4c1dc6b47", "teacher-movies-e513f77af974"]
+    assert names == [
+        "teacher-movies-eb36bafbe44e",
+        "teacher-movies-73a4c1dc6b47",
+        "teacher-movies-e513f77af974",
+    ]
     assert _teacher_name(SETTINGS, fake) == "teacher-movies-02b24ba33c05"
     # a field outside TEACHER_KEYS leaves the name alone, one inside changes it
     assert _teacher_name(replace(SETTINGS, n_test=5), fake) == "teacher-movies-02b24ba33c05"
@@ -52,7 +64,11 @@ def test_teacher_names_are_the_hashes_of_the_dict_settings_they_replaced():
 
 def test_course_settings_are_frozen_checked_and_varied_with_replace():
     quick = course_settings("quick", seed=3, domain="books")
-    assert (quick.seed, quick.domain, quick.n_train) == (3, "books", PROFILE_SETTINGS["quick"].n_train)
+    assert (quick.seed, quick.domain, quick.n_train) == (
+        3,
+        "books",
+        PROFILE_SETTINGS["quick"].n_train,
+    )
     assert PROFILE_SETTINGS["quick"].seed == 0  # the shared table is untouched
     with pytest.raises(dataclasses.FrozenInstanceError):
         quick.n_train = 5  # type: ignore[misc]
@@ -93,7 +109,9 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
     # the cached logits come back identical
     logits = teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path)
     assert logits.shape == (20, 2)
-    torch.testing.assert_close(teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path), logits)
+    torch.testing.assert_close(
+        teacher_logits(second, splits["unlabeled"], "cpu", folder=tmp_path), logits
+    )
     with pytest.raises(TypeError, match="settings must be CourseSettings"):
         load_or_train_teacher({"domain": "movies"}, splits, "cpu", folder=tmp_path)
 
@@ -102,8 +120,12 @@ def test_transfer_set_keeps_train_labels_and_hides_the_rest():
     from kdhelpers.chapters.recipes import TextSplit, transfer_set
 
     def split(prefix, n, label):
-        return TextSplit([f"{prefix}{i}" for i in range(n)], ["t"] * n, [[101, 5 + i, 6, 102] for i in range(n)],
-                         torch.full((n,), label, dtype=torch.long))
+        return TextSplit(
+            [f"{prefix}{i}" for i in range(n)],
+            ["t"] * n,
+            [[101, 5 + i, 6, 102] for i in range(n)],
+            torch.full((n,), label, dtype=torch.long),
+        )
 
     splits = {"train": split("a", 3, 1), "unlabeled": split("u", 2, 0)}
     transfer, labels = transfer_set(splits, 2, mask_id=103, seed=0)
@@ -115,13 +137,17 @@ def test_transfer_set_keeps_train_labels_and_hides_the_rest():
         transfer_set(splits, -1, mask_id=103)
 
 
-def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(splits, tmp_path, monkeypatch):
+def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(
+    splits, tmp_path, monkeypatch
+):
     import json
 
     from kdhelpers.chapters import recipes
 
     calls = []
-    monkeypatch.setattr(recipes, "fit", lambda *a, **k: calls.append(k["config"].lr) or {"epochs": 0})
+    monkeypatch.setattr(
+        recipes, "fit", lambda *a, **k: calls.append(k["config"].lr) or {"epochs": 0}
+    )
     _, first = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
     assert first["trained_now"] and "no checkpoint" in first["reason"]
     _, again = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
@@ -130,9 +156,13 @@ def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(spl
     other = replace(SETTINGS, lr=2e-4)
     _, info = load_or_train_teacher(other, splits, "cpu", folder=tmp_path)
     for ext in ("safetensors", "json"):
-        (tmp_path / f"{first['checkpoint']}.{ext}").write_bytes((tmp_path / f"{info['checkpoint']}.{ext}").read_bytes())
+        (tmp_path / f"{first['checkpoint']}.{ext}").write_bytes(
+            (tmp_path / f"{info['checkpoint']}.{ext}").read_bytes()
+        )
     _, copied = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path)
-    assert copied["trained_now"] and "other settings" in copied["reason"] and "lr" in copied["reason"]
+    assert (
+        copied["trained_now"] and "other settings" in copied["reason"] and "lr" in copied["reason"]
+    )
     assert calls == [1e-4, 2e-4, 1e-4]
     # a checkpoint of the earlier format (no digest) is retrained, with the reason
     meta = tmp_path / f"{first['checkpoint']}.json"

@@ -50,17 +50,28 @@ def test_no_unsafe_loading_anywhere_in_the_package():
         for node in ast.walk(tree):
             if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
                 assert isinstance(node.value, ast.Constant) and node.value.value is False, path.name
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load" and \
-                    getattr(getattr(node.func, "value", None), "id", "") == "torch":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", "") == "load"
+                and getattr(getattr(node.func, "value", None), "id", "") == "torch"
+            ):
                 kw = {k.arg: k.value for k in node.keywords}
-                assert "weights_only" in kw and kw["weights_only"].value is True, f"torch.load in {path.name}"
+                assert "weights_only" in kw and kw["weights_only"].value is True, (
+                    f"torch.load in {path.name}"
+                )
 
 
 def test_offline_setup_check_reports_the_state_in_a_subprocess(tmp_path):
-    code = ("from kdhelpers.checks import run_checks; import json; "
-            "print(json.dumps([[c.name, c.ok, c.detail] for c in run_checks('cpu')]))")
+    code = (
+        "from kdhelpers.checks import run_checks; import json; "
+        "print(json.dumps([[c.name, c.ok, c.detail] for c in run_checks('cpu')]))"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    rows = {name: (ok, detail) for name, ok, detail in json.loads(out.stdout.strip().splitlines()[-1])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    rows = {
+        name: (ok, detail) for name, ok, detail in json.loads(out.stdout.strip().splitlines()[-1])
+    }
     assert rows["Hugging Face hub"] == (False, "offline: HF_HUB_OFFLINE is set")
     assert rows["packaged teacher"][0] is True

@@ -46,8 +46,12 @@ def mp_kd(s, t, temp):
     for srow, trow in zip(s.double().tolist(), t.double().tolist(), strict=True):
         xs = [mpmath.mpf(v) / temp for v in srow]
         xt = [mpmath.mpf(v) / temp for v in trow]
-        ls = [x - mpmath.log(mpmath.fsum(mpmath.exp(v - max(xs)) for v in xs)) - max(xs) for x in xs]
-        lt = [x - mpmath.log(mpmath.fsum(mpmath.exp(v - max(xt)) for v in xt)) - max(xt) for x in xt]
+        ls = [
+            x - mpmath.log(mpmath.fsum(mpmath.exp(v - max(xs)) for v in xs)) - max(xs) for x in xs
+        ]
+        lt = [
+            x - mpmath.log(mpmath.fsum(mpmath.exp(v - max(xt)) for v in xt)) - max(xt) for x in xt
+        ]
         total += mpmath.fsum(mpmath.exp(b) * (b - a) for a, b in zip(ls, lt, strict=True))
     return float(total / len(s.tolist()) * temp * temp)
 
@@ -134,7 +138,9 @@ def test_lm_loss_kd_matches_reference_at_edge_temperatures(temp):
 # ---------------------------------------------------------------- silently converted inputs
 
 
-@pytest.mark.parametrize("labels", [[0.7, 0.2, 1.9], [0.0, 1.0, 1.0], torch.tensor([0.7, 0.2, 1.9]), [True, False, True]])
+@pytest.mark.parametrize(
+    "labels", [[0.7, 0.2, 1.9], [0.0, 1.0, 1.0], torch.tensor([0.7, 0.2, 1.9]), [True, False, True]]
+)
 def test_text_examples_refuse_non_integer_labels(labels):
     with pytest.raises(TypeError, match="labels"):
         TextExamples([[1], [2], [3]], labels)
@@ -157,12 +163,24 @@ def test_text_examples_keep_integer_labels_of_any_int_type():
     assert ex.labels.dtype == torch.long and ex.labels.tolist() == [0, -1, 1]
 
 
-@pytest.mark.parametrize("seed,exc", [(1.5, TypeError), (True, TypeError), ("1", TypeError), (-1, ValueError),
-                                      (2**63, ValueError), (2**64, ValueError)])
+@pytest.mark.parametrize(
+    "seed,exc",
+    [
+        (1.5, TypeError),
+        (True, TypeError),
+        ("1", TypeError),
+        (-1, ValueError),
+        (2**63, ValueError),
+        (2**64, ValueError),
+    ],
+)
 def test_seeds_are_ints_in_range_everywhere(seed, exc):
-    for build in (lambda: make_student("bag", 50, seed=seed), lambda: digits.make_image_student(4, seed=seed),
-                  lambda: lm.make_lm(8, n_layer=1, n_embd=8, n_head=2, seed=seed),
-                  lambda: make_loader(TextExamples([[1]], [0]), 1, shuffle=True, seed=seed)):
+    for build in (
+        lambda: make_student("bag", 50, seed=seed),
+        lambda: digits.make_image_student(4, seed=seed),
+        lambda: lm.make_lm(8, n_layer=1, n_embd=8, n_head=2, seed=seed),
+        lambda: make_loader(TextExamples([[1]], [0]), 1, shuffle=True, seed=seed),
+    ):
         with pytest.raises(exc, match="seed"):
             build()
 
@@ -210,7 +228,9 @@ def test_attention_rows_of_padded_queries_may_be_zero():
     assert float(attention_transfer_loss(a, a, mask)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("mask", [torch.tensor([[0.5, 1.0, 1.0, 1.0]]), torch.tensor([[2, 1, 1, 1]])])
+@pytest.mark.parametrize(
+    "mask", [torch.tensor([[0.5, 1.0, 1.0, 1.0]]), torch.tensor([[2, 1, 1, 1]])]
+)
 def test_masks_hold_zeros_and_ones_only(mask):
     a = uniform_attention(1, 2, 4)
     with pytest.raises(ValueError, match="mask"):
@@ -232,39 +252,56 @@ def tiny_loader(labels=(0, 1, 1, 0)):
     return make_loader(TextExamples([[1, 2, 3], [4, 5], [6, 7, 8], [9]], list(labels)), 2)
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    (dict(max_grad_norm=float("nan")), "max_grad_norm"),
-    (dict(max_grad_norm=-1.0), "max_grad_norm"),
-    (dict(max_grad_norm=0.0), "max_grad_norm"),
-    (dict(max_grad_norm="1"), "max_grad_norm"),
-    (dict(warmup_ratio=float("nan")), "warmup_ratio"),
-    (dict(warmup_ratio=1.5), "warmup_ratio"),
-    (dict(weight_decay=float("nan")), "weight_decay"),
-    (dict(lr=float("inf")), "lr"),
-    (dict(patience=-1), "patience"),
-    (dict(epochs=1.0), "epochs"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(max_grad_norm=float("nan")), "max_grad_norm"),
+        (dict(max_grad_norm=-1.0), "max_grad_norm"),
+        (dict(max_grad_norm=0.0), "max_grad_norm"),
+        (dict(max_grad_norm="1"), "max_grad_norm"),
+        (dict(warmup_ratio=float("nan")), "warmup_ratio"),
+        (dict(warmup_ratio=1.5), "warmup_ratio"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(lr=float("inf")), "lr"),
+        (dict(patience=-1), "patience"),
+        (dict(epochs=1.0), "epochs"),
+    ],
+)
 def test_fit_refuses_bad_settings_before_touching_the_model(kwargs, word):
     model = tiny_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises((ValueError, TypeError), match=word):
-        fit(model, tiny_loader(), None, config=TrainConfig(**{"epochs": 1, "use_amp": False, **kwargs}), device="cpu")
+        fit(
+            model,
+            tiny_loader(),
+            None,
+            config=TrainConfig(**{"epochs": 1, "use_amp": False, **kwargs}),
+            device="cpu",
+        )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    (dict(max_grad_norm=float("nan")), "max_grad_norm"),
-    (dict(max_grad_norm=-1.0), "max_grad_norm"),
-    (dict(warmup_ratio=float("nan")), "warmup_ratio"),
-    (dict(alpha="0.5"), "alpha"),
-    (dict(alpha=1.5), "alpha"),
-    (dict(temperature="2"), "temperature"),
-    (dict(seed=2**64), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(max_grad_norm=float("nan")), "max_grad_norm"),
+        (dict(max_grad_norm=-1.0), "max_grad_norm"),
+        (dict(warmup_ratio=float("nan")), "warmup_ratio"),
+        (dict(alpha="0.5"), "alpha"),
+        (dict(alpha=1.5), "alpha"),
+        (dict(temperature="2"), "temperature"),
+        (dict(seed=2**64), "seed"),
+    ],
+)
 def test_train_lm_refuses_bad_settings(kwargs, word):
     model = lm.make_lm(8, n_layer=1, n_embd=8, n_head=2, n_positions=16)
     with pytest.raises((ValueError, TypeError), match=word):
-        lm.train_lm(model, [[1, 4, 5, 2]] * 4, lm.LMTrainConfig(steps=1, batch_size=2, **kwargs), device="cpu")
+        lm.train_lm(
+            model,
+            [[1, 4, 5, 2]] * 4,
+            lm.LMTrainConfig(steps=1, batch_size=2, **kwargs),
+            device="cpu",
+        )
 
 
 @pytest.mark.parametrize("ratio", [float("nan"), -0.1, 2.0])
@@ -278,26 +315,39 @@ def test_fit_clipping_still_descends():
     model = tiny_classifier()
     loader = tiny_loader()
     first = evaluate(model, loader, "cpu")["loss"]
-    fit(model, loader, None, config=TrainConfig(epochs=5, lr=0.05, max_grad_norm=0.5, warmup_ratio=0.0, use_amp=False),
-        device="cpu")
+    fit(
+        model,
+        loader,
+        None,
+        config=TrainConfig(epochs=5, lr=0.05, max_grad_norm=0.5, warmup_ratio=0.0, use_amp=False),
+        device="cpu",
+    )
     assert evaluate(model, loader, "cpu")["loss"] < first
 
 
-@pytest.mark.parametrize("make_logits", [
-    lambda: torch.full((4, 2), float("nan")),
-    lambda: torch.tensor([[0.0, float("inf")]] * 4),
-])
-@pytest.mark.parametrize("metric", [accuracy, expected_calibration_error, reliability_bins, fit_temperature])
+@pytest.mark.parametrize(
+    "make_logits",
+    [
+        lambda: torch.full((4, 2), float("nan")),
+        lambda: torch.tensor([[0.0, float("inf")]] * 4),
+    ],
+)
+@pytest.mark.parametrize(
+    "metric", [accuracy, expected_calibration_error, reliability_bins, fit_temperature]
+)
 def test_metrics_refuse_nan_logits(make_logits, metric):
     with pytest.raises(ValueError, match="logits"):
         metric(make_logits(), torch.tensor([0, 1, 0, 1]))
 
 
-@pytest.mark.parametrize("labels,exc", [
-    (torch.tensor([0, 5, 0, 1]), ValueError),
-    (torch.tensor([0, -1, 0, 1]), ValueError),
-    (torch.tensor([0.0, 1.0, 0.0, 1.0]), TypeError),
-])
+@pytest.mark.parametrize(
+    "labels,exc",
+    [
+        (torch.tensor([0, 5, 0, 1]), ValueError),
+        (torch.tensor([0, -1, 0, 1]), ValueError),
+        (torch.tensor([0.0, 1.0, 0.0, 1.0]), TypeError),
+    ],
+)
 @pytest.mark.parametrize("metric", [accuracy, expected_calibration_error, fit_temperature])
 def test_metrics_refuse_bad_labels(labels, exc, metric):
     with pytest.raises(exc, match="labels"):
@@ -326,7 +376,9 @@ def test_narrow_integer_labels_work_in_every_loss(dtype):
     want = distillation_loss(s, t, y, alpha=0.5)
     assert float(distillation_loss(s, t, y.to(dtype), alpha=0.5)) == pytest.approx(float(want))
     b = {"labels": y.to(dtype), "teacher_logits": t}
-    assert float(cross_entropy_loss(s, b)) == pytest.approx(float(cross_entropy_loss(s, {"labels": y})))
+    assert float(cross_entropy_loss(s, b)) == pytest.approx(
+        float(cross_entropy_loss(s, {"labels": y}))
+    )
     mixed = {"labels": torch.tensor([0, -1, 2, 0, -1, 2]).to(torch.int32), "teacher_logits": t}
     assert math.isfinite(float(make_kd_loss(0.5, 2.0)(s, mixed)))
 
@@ -345,13 +397,22 @@ def test_tensors_on_another_device_are_named(where):
 def test_labels_out_of_range_in_the_training_loop_are_named(labels):
     loader = tiny_loader(labels + [0, 1])
     with pytest.raises(ValueError, match="labels.*num_labels"):
-        fit(tiny_classifier(), loader, None, config=TrainConfig(epochs=1, use_amp=False), device="cpu")
+        fit(
+            tiny_classifier(),
+            loader,
+            None,
+            config=TrainConfig(epochs=1, use_amp=False),
+            device="cpu",
+        )
     with pytest.raises(ValueError, match="labels"):
         evaluate(tiny_classifier(), loader, "cpu")
     kd = make_kd_loss(0.5, 2.0)
     for batch_labels in ([labels[0], -1, labels[1]], [0, -2, 1]):
         with pytest.raises(ValueError, match="labels"):
-            kd(torch.randn(3, 2), {"labels": torch.tensor(batch_labels), "teacher_logits": torch.randn(3, 2)})
+            kd(
+                torch.randn(3, 2),
+                {"labels": torch.tensor(batch_labels), "teacher_logits": torch.randn(3, 2)},
+            )
         with pytest.raises(ValueError, match="labels"):
             cross_entropy_loss(torch.randn(3, 2), {"labels": torch.tensor(batch_labels)})
 
@@ -366,15 +427,21 @@ def test_lm_targets_outside_the_vocabulary_are_named(bad_id):
 
 
 @pytest.mark.parametrize("bad_id", [-1, 30, 1000])
-@pytest.mark.parametrize("build", [
-    lambda: BagOfEmbeddingsStudent(30, 2, embed_dim=8, hidden=8),
-    lambda: CNNStudent(30, 2, embed_dim=8, channels=4),
-    lambda: tiny_bert_student(30, hidden=8, heads=2, intermediate=8, layers=1),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: BagOfEmbeddingsStudent(30, 2, embed_dim=8, hidden=8),
+        lambda: CNNStudent(30, 2, embed_dim=8, channels=4),
+        lambda: tiny_bert_student(30, hidden=8, heads=2, intermediate=8, layers=1),
+    ],
+)
 def test_token_ids_outside_a_students_vocabulary_are_named(bad_id, build):
     model = build().eval()
     with pytest.raises(ValueError, match="input_ids.*vocabulary of 30"):
-        model(input_ids=torch.tensor([[1, bad_id, 3, 4]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
+        model(
+            input_ids=torch.tensor([[1, bad_id, 3, 4]]),
+            attention_mask=torch.ones(1, 4, dtype=torch.long),
+        )
     if bad_id >= 0:  # (TextExamples already refuses negative ids)
         with pytest.raises(ValueError, match="input_ids"):
             evaluate(model, make_loader(TextExamples([[1, bad_id, 3, 4]], [0]), 1), "cpu")
@@ -396,8 +463,15 @@ def test_projection_of_the_wrong_width_is_named():
         hidden_mse_loss(torch.randn(1, 2, 4), torch.randn(1, 2, 6), nn.Sequential(nn.Linear(5, 6)))
 
 
-@pytest.mark.parametrize("kwargs,word", [(dict(heads=0), "heads"), (dict(hidden=0), "hidden"),
-                                         (dict(layers=0), "layers"), (dict(heads=1.5), "heads")])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(heads=0), "heads"),
+        (dict(hidden=0), "hidden"),
+        (dict(layers=0), "layers"),
+        (dict(heads=1.5), "heads"),
+    ],
+)
 def test_tiny_bert_sizes_are_named(kwargs, word):
     with pytest.raises((ValueError, TypeError), match=word):
         tiny_bert_student(30, **kwargs)
@@ -408,8 +482,15 @@ def test_attention_maps_with_zero_heads_are_named():
         attention_transfer_loss(torch.zeros(1, 0, 3, 3), uniform_attention(1, 2, 3))
 
 
-@pytest.mark.parametrize("kwargs,word", [(dict(batch_size=0), "batch_size"), (dict(repeats=1.5), "repeats"),
-                                         (dict(warmup=-1), "warmup"), (dict(batch_size=True), "batch_size")])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(repeats=1.5), "repeats"),
+        (dict(warmup=-1), "warmup"),
+        (dict(batch_size=True), "batch_size"),
+    ],
+)
 def test_cpu_latency_arguments_are_named(kwargs, word):
     with pytest.raises((ValueError, TypeError), match=word):
         cpu_latency(tiny_classifier(), [[1, 2]], **kwargs)
@@ -433,16 +514,25 @@ def test_string_alphas_from_configs_are_named(alpha):
         make_kd_loss(alpha, 2.0)
     ids = torch.tensor([[1, 4, 5, 2]])
     with pytest.raises(TypeError, match="alpha"):
-        lm.lm_loss(torch.randn(1, 4, 6), ids, torch.ones_like(ids), torch.randn(1, 4, 6), alpha=alpha)
+        lm.lm_loss(
+            torch.randn(1, 4, 6), ids, torch.ones_like(ids), torch.randn(1, 4, 6), alpha=alpha
+        )
 
 
 def test_digits_helpers_refuse_nan_losses_and_out_of_range_labels():
     with pytest.raises(FloatingPointError, match="loss_fn"):
-        digits.train_model(nn.Linear(3, 2), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]),
-                           lambda logits, y: logits.sum() * float("nan"), epochs=1)
+        digits.train_model(
+            nn.Linear(3, 2),
+            torch.randn(4, 3),
+            torch.tensor([0, 1, 0, 1]),
+            lambda logits, y: logits.sum() * float("nan"),
+            epochs=1,
+        )
     with pytest.raises(ValueError, match="labels"):
         digits.image_accuracy(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 5]))
-    assert digits.image_accuracy(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 1], dtype=torch.int8)) in (0, 0.5, 1)
+    assert digits.image_accuracy(
+        nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 1], dtype=torch.int8)
+    ) in (0, 0.5, 1)
 
 
 # ---------------------------------------------------------------- checkpoints

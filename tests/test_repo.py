@@ -30,7 +30,9 @@ def test_notebooks_exist_in_pairs():
     stems = {p.stem for p in NOTEBOOKS}
     assert any(not s.endswith("_solutions") for s in stems), "no course notebooks found"
     for stem in stems:
-        pair = stem.removesuffix("_solutions") if stem.endswith("_solutions") else stem + "_solutions"
+        pair = (
+            stem.removesuffix("_solutions") if stem.endswith("_solutions") else stem + "_solutions"
+        )
         assert pair in stems, f"{stem} has no paired notebook {pair}.ipynb"
 
 
@@ -63,15 +65,21 @@ def test_committed_notebook_was_executed_cleanly(nb):
         for out in c.get("outputs", []):
             assert out["output_type"] != "error", f"error output: {out.get('ename')}"
     injected = [c for c in cells(nb) if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert not injected, "papermill's injected-parameters cell overrides the learner's PROFILE: strip it"
+    assert not injected, (
+        "papermill's injected-parameters cell overrides the learner's PROFILE: strip it"
+    )
     run = json.loads(nb.read_text())["metadata"].get("kd_course", {})
-    assert run.get("profile") == "standard", f"outputs must come from a standard run (metadata: {run})"
+    assert run.get("profile") == "standard", (
+        f"outputs must come from a standard run (metadata: {run})"
+    )
     assert not MACHINE_PATHS.search(nb.read_text()), "notebook contains a path of this machine"
     for c in code:
         for out in c.get("outputs", []):
             text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
             assert not FROZEN_BAR.search(text), f"frozen progress bar in an output: {text[:120]!r}"
-            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), "widget output"
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), (
+                "widget output"
+            )
 
 
 def test_readme_lists_every_notebook_with_badge():
@@ -79,10 +87,16 @@ def test_readme_lists_every_notebook_with_badge():
     for nb in NOTEBOOKS:
         if nb.stem.endswith("_solutions"):
             continue
-        badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
+        badge = (
+            f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
+        )
         assert badge in readme, f"README lacks a Colab badge for {nb.name}"
-    for url in re.findall(r"https://(?:colab\.research\.google\.com/github|github\.com)/[^\s)\"']+", readme):
-        assert REPO_PATH in url, f"README link {url} does not use the repository set in pyproject.toml"
+    for url in re.findall(
+        r"https://(?:colab\.research\.google\.com/github|github\.com)/[^\s)\"']+", readme
+    ):
+        assert REPO_PATH in url, (
+            f"README link {url} does not use the repository set in pyproject.toml"
+        )
 
 
 def test_readme_commands_and_ci_agree():

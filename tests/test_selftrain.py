@@ -22,24 +22,42 @@ def test_drop_tokens_exact_seeded_values():
     assert out == drop_tokens(ids, p_drop=0.5, n_copies=2, special_ids=[102, 101], seed=0)
     assert out != drop_tokens(ids, p_drop=0.5, n_copies=2, special_ids=(101, 102), seed=1)
     # the same draws, but with 6 declared special: it stays, and the draws move on to the next tokens
-    assert drop_tokens(ids, p_drop=0.5, n_copies=1, special_ids=(101, 102, 6), seed=0)[0] == [101, 5, 6, 7, 102]
+    assert drop_tokens(ids, p_drop=0.5, n_copies=1, special_ids=(101, 102, 6), seed=0)[0] == [
+        101,
+        5,
+        6,
+        7,
+        102,
+    ]
 
 
 def test_drop_tokens_keeps_the_special_ids_it_is_given_padding_included():
-    bert_special = [100, 102, 0, 101, 103]  # what bert-base-uncased's tokenizer.all_special_ids holds
+    bert_special = [
+        100,
+        102,
+        0,
+        101,
+        103,
+    ]  # what bert-base-uncased's tokenizer.all_special_ids holds
     padded = [[101, 5, 6, 7, 8, 9, 102, 0, 0, 0], [101, 4, 103, 102, 0]]
     out = drop_tokens(padded, p_drop=0.9, n_copies=10, special_ids=bert_special, seed=0)
     for v in out[:10]:
         assert v[0] == 101 and v[-4:] == [102, 0, 0, 0] and 6 <= len(v) <= 10
-    assert out[10:] == [[101, 4, 103, 102, 0]] * 10  # [MASK] and padding kept; 4 is the only ordinary token
+    assert (
+        out[10:] == [[101, 4, 103, 102, 0]] * 10
+    )  # [MASK] and padding kept; 4 is the only ordinary token
     # undeclared, the padding id is an ordinary token and can be dropped: the argument is what protects it
-    assert any(v.count(0) < 3 for v in drop_tokens(padded[:1], 0.9, 10, special_ids=(101, 102), seed=0))
+    assert any(
+        v.count(0) < 3 for v in drop_tokens(padded[:1], 0.9, 10, special_ids=(101, 102), seed=0)
+    )
 
 
 def test_drop_tokens_invariants():
     ids = [[101] + list(range(1000, 1200)) + [102], [101, 102], [7]]
     sp = (101, 102)
-    assert drop_tokens(ids, p_drop=0.0, n_copies=3, special_ids=sp) == [x for x in ids for _ in range(3)]
+    assert drop_tokens(ids, p_drop=0.0, n_copies=3, special_ids=sp) == [
+        x for x in ids for _ in range(3)
+    ]
     assert drop_tokens(ids, p_drop=0.3, n_copies=0, special_ids=sp) == []
     out = drop_tokens(ids, p_drop=0.3, n_copies=4, special_ids=sp, seed=3)
     assert len(out) == 12
@@ -85,7 +103,9 @@ def tiny_split(n=24, seed=0, labelled=True):
     g = torch.Generator().manual_seed(seed)
     ids, gold = [], []
     for _ in range(n):
-        body = torch.randint(3, 40, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+        body = torch.randint(
+            3, 40, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g
+        ).tolist()
         ids.append([1] + body + [2])
         gold.append(int(sum(t < 20 for t in body) > len(body) / 2))
     labels = torch.tensor(gold) if labelled else torch.full((n,), -1)
@@ -137,8 +157,12 @@ def test_noisy_student_set_pairs_each_copy_with_its_clean_logits():
 def test_noisy_student_round_is_seeded_learns_the_teacher_and_ignores_pool_labels():
     pool, val = tiny_split(64, seed=1), tiny_split(32, seed=2)
     share_low = torch.tensor([sum(t < 20 for t in x[1:-1]) / (len(x) - 2) for x in pool.input_ids])
-    logits = torch.stack([torch.zeros(64), 6 * (share_low - 0.5)], 1)  # a teacher that follows the labelling rule
-    kwargs = dict(temperature=2.0, n_copies=2, p_drop=0.2, epochs=8, lr=2e-2, seed=0, special_ids=(1, 2))
+    logits = torch.stack(
+        [torch.zeros(64), 6 * (share_low - 0.5)], 1
+    )  # a teacher that follows the labelling rule
+    kwargs = dict(
+        temperature=2.0, n_copies=2, p_drop=0.2, epochs=8, lr=2e-2, seed=0, special_ids=(1, 2)
+    )
 
     def new():
         return make_student("bag", 40, seed=0, embed_dim=8, hidden=16)
@@ -156,7 +180,9 @@ def test_noisy_student_round_is_seeded_learns_the_teacher_and_ignores_pool_label
     teacher_says = logits.argmax(-1)
     before = (clean_logits(new(), pool).argmax(-1) == teacher_says).float().mean()
     after = (clean_logits(s1, pool).argmax(-1) == teacher_says).float().mean()
-    assert before < 0.5 and after >= 0.7, f"agreement with the teacher: {before:.2f} untrained, {after:.2f} trained"
+    assert before < 0.5 and after >= 0.7, (
+        f"agreement with the teacher: {before:.2f} untrained, {after:.2f} trained"
+    )
 
 
 def test_noisy_student_round_bad_input():
@@ -177,7 +203,9 @@ def test_unlabelled_pool_hides_every_label_and_keeps_order():
     b = TextSplit([f"y:{i}" for i in range(3)], b.texts, b.input_ids, b.gold)
     pool = unlabelled_pool(a, b)
     assert pool.ids == a.ids + b.ids and pool.input_ids == a.input_ids + b.input_ids
-    assert pool.gold.tolist() == [-1] * 8 and a.gold.ge(0).all(), "the source splits keep their labels"
+    assert pool.gold.tolist() == [-1] * 8 and a.gold.ge(0).all(), (
+        "the source splits keep their labels"
+    )
     with pytest.raises(ValueError, match="share example ids"):
         unlabelled_pool(a, a)
     with pytest.raises(ValueError, match="at least one"):

@@ -52,12 +52,15 @@ def test_quiet_libraries_silences_warnings_and_progress_bars(restore_logging):
     assert not datasets.is_progress_bar_enabled()
 
 
-@pytest.mark.parametrize(("profile", "seed", "device", "word"), [
-    ("fast", 0, "cpu", "PROFILE"),
-    ("quick", -1, "cpu", "seed"),
-    ("quick", 1.5, "cpu", "seed"),
-    ("quick", 0, "tpu", "device"),
-])
+@pytest.mark.parametrize(
+    ("profile", "seed", "device", "word"),
+    [
+        ("fast", 0, "cpu", "PROFILE"),
+        ("quick", -1, "cpu", "seed"),
+        ("quick", 1.5, "cpu", "seed"),
+        ("quick", 0, "tpu", "device"),
+    ],
+)
 def test_start_names_the_bad_argument(profile, seed, device, word):
     with pytest.raises(ValueError, match=word):
         start(profile, seed, device=device)

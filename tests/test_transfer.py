@@ -9,9 +9,12 @@ from kdhelpers.chapters.transfer import one_copy_rows, random_rows, transfer_exa
 
 def split(prefix: str, n: int, label: int) -> TextSplit:
     """A tiny tokenized split of `n` snippets with token ids 101 ... 102."""
-    return TextSplit([f"{prefix}{i}" for i in range(n)], [f"text {i}" for i in range(n)],
-                     [[101, 1000 + i, 2000 + i, 3000 + i, 102] for i in range(n)],
-                     torch.full((n,), label, dtype=torch.long))
+    return TextSplit(
+        [f"{prefix}{i}" for i in range(n)],
+        [f"text {i}" for i in range(n)],
+        [[101, 1000 + i, 2000 + i, 3000 + i, 102] for i in range(n)],
+        torch.full((n,), label, dtype=torch.long),
+    )
 
 
 @pytest.fixture

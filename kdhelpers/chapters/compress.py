@@ -19,7 +19,8 @@ from kdhelpers.pseudo import predict_logits
 
 
 class QuantizedEmbedding(nnq.Embedding):
-    """PyTorch's weight-only 8-bit embedding table, made to accept non-contiguous indices (BERT slices its position ids)."""
+    """PyTorch's weight-only 8-bit embedding table, made to accept non-contiguous indices (BERT slices
+    its position ids)."""
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """Rows of the table for `indices`, as floats."""
@@ -37,7 +38,8 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantize_dynamic_int8(model: nn.Module, embeddings: bool = False) -> nn.Module:
-    """A CPU copy of `model` with int8 dynamic-quantized Linear layers (and 8-bit embedding tables if asked); `model` is left as it was."""
+    """A CPU copy of `model` with int8 dynamic-quantized Linear layers (and 8-bit embedding tables if
+    asked); `model` is left as it was."""
     from torch.ao.quantization import (
         default_dynamic_qconfig,
         float_qparams_weight_only_qconfig,
@@ -53,13 +55,17 @@ def quantize_dynamic_int8(model: nn.Module, embeddings: bool = False) -> nn.Modu
     n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
     n_embed = sum(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
     if n_linear == 0 and not (embeddings and n_embed):
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize"
-                         + ("" if embeddings else " (embeddings=True also quantizes embedding tables)"))
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer to quantize"
+            + ("" if embeddings else " (embeddings=True also quantizes embedding tables)")
+        )
     if embeddings:
         for name, m in model.named_modules():
             if isinstance(m, nn.EmbeddingBag) and m.padding_idx is not None:
-                raise ValueError(f"{name or 'model'} is an nn.EmbeddingBag with padding_idx: PyTorch's quantized "
-                                 "EmbeddingBag ignores padding_idx and would average the padding in")
+                raise ValueError(
+                    f"{name or 'model'} is an nn.EmbeddingBag with padding_idx: PyTorch's quantized "
+                    "EmbeddingBag ignores padding_idx and would average the padding in"
+                )
     if torch.backends.quantized.engine == "none":
         raise RuntimeError("this PyTorch build has no quantized CPU engine")
     spec: dict[type, Any] = {nn.Linear: default_dynamic_qconfig}
@@ -67,7 +73,9 @@ def quantize_dynamic_int8(model: nn.Module, embeddings: bool = False) -> nn.Modu
         spec[nn.Embedding] = float_qparams_weight_only_qconfig
         spec[nn.EmbeddingBag] = float_qparams_weight_only_qconfig
     float_copy = copy.deepcopy(model).cpu().eval()
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+    with (
+        warnings.catch_warnings()
+    ):  # torch.ao.quantization announces its move to torchao on every call
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         quantized = quantize_dynamic(float_copy, spec, dtype=torch.qint8)
@@ -112,7 +120,8 @@ def compressed_report(
     latency_examples: int = 64,
     b64_repeats: int | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """model_report's row (accuracy, weights, size, median CPU latency b1/b64) for float or quantized models, and the logits.
+    """model_report's row (accuracy, weights, size, median CPU latency b1/b64) for float or quantized
+    models, and the logits.
 
     Quantized models are evaluated on the CPU whatever `device` is; b64_repeats defaults to max(3, repeats // 4).
     """
@@ -134,26 +143,43 @@ def compressed_report(
     b1 = cpu_latency(model, sample, batch_size=1, repeats=repeats, warmup=3)
     b64 = cpu_latency(model, sample, batch_size=64, repeats=b64_repeats, warmup=1)
     model.to(home).train(was_training)  # cpu_latency moved it to the CPU in eval mode
-    row = {"name": name, "accuracy": accuracy(logits, labels), "params_m": count_weights(model) / 1e6,
-           "size_mb": model_size_mb(model), "latency_b1_ms": b1["median_ms"], "latency_b64_ms": b64["median_ms"],
-           "int8": is_quantized(model)}
+    row = {
+        "name": name,
+        "accuracy": accuracy(logits, labels),
+        "params_m": count_weights(model) / 1e6,
+        "size_mb": model_size_mb(model),
+        "latency_b1_ms": b1["median_ms"],
+        "latency_b64_ms": b64["median_ms"],
+        "int8": is_quantized(model),
+    }
     return row, logits
 
 
-def prediction_changes(reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """How `other` logits differ from `reference` on labelled rows: accuracies, agreement, predictions fixed and broken, McNemar z."""
+def prediction_changes(
+    reference: torch.Tensor, other: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
+    """How `other` logits differ from `reference` on labelled rows: accuracies, agreement, predictions
+    fixed and broken, McNemar z."""
 
     for name, t in (("reference", reference), ("other", other)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be a logits tensor of shape (n, classes)")
     if reference.shape != other.shape:
-        raise ValueError(f"reference {tuple(reference.shape)} and other {tuple(other.shape)} differ in shape")
+        raise ValueError(
+            f"reference {tuple(reference.shape)} and other {tuple(other.shape)} differ in shape"
+        )
     accuracy(reference, labels)  # same label checks
     a, b = reference.argmax(-1), other.argmax(-1)
     right_a, right_b = a == labels, b == labels
     n = len(labels)
     fixed, broken = int((~right_a & right_b).sum()), int((right_a & ~right_b).sum())
-    return {"reference_accuracy": int(right_a.sum()) / n, "accuracy": int(right_b.sum()) / n,
-            "agreement": int((a == b).sum()) / n, "fixed": fixed, "broken": broken, "n": n,
-            "z": (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0,
-            "max_abs_logit_diff": float((reference.float() - other.float()).abs().max())}
+    return {
+        "reference_accuracy": int(right_a.sum()) / n,
+        "accuracy": int(right_b.sum()) / n,
+        "agreement": int((a == b).sum()) / n,
+        "fixed": fixed,
+        "broken": broken,
+        "n": n,
+        "z": (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0,
+        "max_abs_logit_diff": float((reference.float() - other.float()).abs().max()),
+    }

@@ -47,7 +47,9 @@ def _check_inputs(name: str, x: object) -> torch.Tensor:
     return check_float_tensor(name, x)
 
 
-def _check_labels(name: str, y: object, n: int | None = None, n_classes: int | None = None) -> torch.Tensor:
+def _check_labels(
+    name: str, y: object, n: int | None = None, n_classes: int | None = None
+) -> torch.Tensor:
     """Validate a 1-D integer label tensor (of length n, with ids below n_classes, when given); returned as int64."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(y).__name__})")
@@ -327,7 +329,9 @@ def train_model(
     device = next(model.parameters()).device
     inputs = inputs.to(device)
     target_tuple = tuple(t.to(device) for t in target_tuple)
-    optimiser_step = OptimiserStep(torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay))
+    optimiser_step = OptimiserStep(
+        torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    )
     history: dict[str, list[float]] = {"loss": []}
     if val is not None:
         history["val accuracy"] = []
@@ -346,8 +350,10 @@ def train_model(
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise ValueError("loss_fn must return a scalar tensor")
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
-                                             "targets and the loss function")
+                    raise FloatingPointError(
+                        f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
+                        "targets and the loss function"
+                    )
                 optimiser_step(loss)
                 count = logits.shape[0]
                 total += float(loss.detach()) * count
@@ -376,7 +382,9 @@ def train_image_student(
 
 
 @torch.no_grad()
-def predict_image_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_image_logits(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
     """Logits of `model` on `inputs` in eval mode under torch.no_grad(), on the CPU."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")

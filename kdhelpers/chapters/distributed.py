@@ -49,7 +49,9 @@ class DistillConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    normalisation: str = "step"  # "step" (correct) or "micro-batch" (the naive mean of means, for comparison)
+    normalisation: str = (
+        "step"  # "step" (correct) or "micro-batch" (the naive mean of means, for comparison)
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -57,13 +59,17 @@ class DistillConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int (got {value!r})")
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
+            )
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number (got {self.lr!r})")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
         if self.normalisation not in ("step", "micro-batch"):
-            raise ValueError(f"normalisation must be 'step' or 'micro-batch' (got {self.normalisation!r})")
+            raise ValueError(
+                f"normalisation must be 'step' or 'micro-batch' (got {self.normalisation!r})"
+            )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (got {self.temperature})")
 
@@ -79,7 +85,9 @@ def make_accelerator(cpu: bool = False, mixed_precision: str | None = None) -> A
     from accelerate.utils import DataLoaderConfiguration
 
     if mixed_precision not in (None, "no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be None, 'no', 'fp16' or 'bf16' (got {mixed_precision!r})")
+        raise ValueError(
+            f"mixed_precision must be None, 'no', 'fp16' or 'bf16' (got {mixed_precision!r})"
+        )
     config = DataLoaderConfiguration(split_batches=True, even_batches=False)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, dataloader_config=config)
 
@@ -95,8 +103,16 @@ def shared_teacher_logits(
 ) -> CachedLogits:
     """Teacher logits computed once by the main process; the other ranks wait, then read its cache file."""
     with accelerator.main_process_first():
-        return cache_logits(teacher, ids, input_ids, cache_dir, name=name, batch_size=batch_size,
-                            device=accelerator.device, progress=accelerator.is_main_process)
+        return cache_logits(
+            teacher,
+            ids,
+            input_ids,
+            cache_dir,
+            name=name,
+            batch_size=batch_size,
+            device=accelerator.device,
+            progress=accelerator.is_main_process,
+        )
 
 
 def kd_loss_parts(
@@ -108,13 +124,22 @@ def kd_loss_parts(
     """Summed (not averaged) loss terms of a micro-batch and their counts: CE over labelled rows, T^2 * KL over all."""
     kd_sum = kd_kl(logits, teacher_logits, temperature=temperature) * logits.shape[0]
     labelled = labels >= 0
-    ce_sum = (F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum") if labelled.any()
-              else logits.float().sum() * 0.0)
-    return {"ce_sum": ce_sum, "n_labelled": labelled.sum(), "kd_sum": kd_sum,
-            "n": torch.tensor(logits.shape[0], device=logits.device)}
+    ce_sum = (
+        F.cross_entropy(logits.float(), labels, ignore_index=-1, reduction="sum")
+        if labelled.any()
+        else logits.float().sum() * 0.0
+    )
+    return {
+        "ce_sum": ce_sum,
+        "n_labelled": labelled.sum(),
+        "kd_sum": kd_sum,
+        "n": torch.tensor(logits.shape[0], device=logits.device),
+    }
 
 
-def step_loss(parts: Mapping[str, torch.Tensor], n_labelled: int, n: int, alpha: float, world_size: int = 1) -> torch.Tensor:
+def step_loss(
+    parts: Mapping[str, torch.Tensor], n_labelled: int, n: int, alpha: float, world_size: int = 1
+) -> torch.Tensor:
     """One rank's micro-batch share of the step loss: alpha * CE / labelled rows + (1 - alpha) * KD / rows.
 
     `n_labelled` and `n` count the whole optimiser step (every micro-batch, every rank). DDP averages
@@ -156,50 +181,91 @@ def distill_accelerate(
 ) -> dict[str, Any]:
     """Distil `model` on `examples` (with teacher_logits) under Accelerate; returns the per-step loss history."""
     if examples.teacher_logits is None:
-        raise ValueError("examples need teacher_logits: build TextExamples(..., teacher_logits=...)")
+        raise ValueError(
+            "examples need teacher_logits: build TextExamples(..., teacher_logits=...)"
+        )
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig (got {type(config).__name__})")
     world = accelerator.num_processes
     if config.micro_batch_size % world:
-        raise ValueError(f"batch_size / grad_accum = {config.micro_batch_size} must be divisible by the "
-                         f"{world} processes")
+        raise ValueError(
+            f"batch_size / grad_accum = {config.micro_batch_size} must be divisible by the "
+            f"{world} processes"
+        )
     n_used = len(examples) // config.micro_batch_size * config.micro_batch_size
     if n_used == 0:
-        raise ValueError(f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}")
+        raise ValueError(
+            f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}"
+        )
     steps_per_epoch = math.ceil(n_used // config.micro_batch_size / config.grad_accum)
     torch.manual_seed(config.seed)
-    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay,
-                                             config.epochs * steps_per_epoch, config.warmup_ratio)
+    optimizer, scheduler = adamw_with_warmup(
+        model.parameters(),
+        config.lr,
+        config.weight_decay,
+        config.epochs * steps_per_epoch,
+        config.warmup_ratio,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     # Accelerate does the backward (and any loss scaling) and the clipping; the step is the shared one
-    step = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm or None,
-                         backward_fn=accelerator.backward, clip_fn=accelerator.clip_grad_norm_)
-    history: dict[str, Any] = {"step_loss": [], "epoch_loss": [], "world_size": world, "config": asdict(config)}
+    step = OptimiserStep(
+        optimizer,
+        scheduler,
+        tuple(model.parameters()),
+        config.max_grad_norm or None,
+        backward_fn=accelerator.backward,
+        clip_fn=accelerator.clip_grad_norm_,
+    )
+    history: dict[str, Any] = {
+        "step_loss": [],
+        "epoch_loss": [],
+        "world_size": world,
+        "config": asdict(config),
+    }
     for epoch in range(config.epochs):
         model.train()
         # whole micro-batches only, so that every rank gets micro_batch_size / world examples per pass
         order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
         loader = accelerator.prepare_data_loader(
-            DataLoader(order, batch_size=config.micro_batch_size, shuffle=False,
-                       collate_fn=lambda f: pad_collate(f, pad_id),
-                       pin_memory=pin_memory_default(accelerator.device)))
+            DataLoader(
+                order,
+                batch_size=config.micro_batch_size,
+                shuffle=False,
+                collate_fn=lambda f: pad_collate(f, pad_id),
+                pin_memory=pin_memory_default(accelerator.device),
+            )
+        )
         epoch_losses = []
-        for window in progress_bar(_windows(loader, config.grad_accum), f"epoch {epoch + 1}/{config.epochs}",
-                                   enabled=accelerator.is_main_process):
+        for window in progress_bar(
+            _windows(loader, config.grad_accum),
+            f"epoch {epoch + 1}/{config.epochs}",
+            enabled=accelerator.is_main_process,
+        ):
             # count the step's examples first (from the labels, before any forward pass), over all ranks
-            local = torch.tensor([float(sum(int((b["labels"] >= 0).sum()) for b in window)),
-                                  float(sum(len(b["labels"]) for b in window))], device=accelerator.device)
+            local = torch.tensor(
+                [
+                    float(sum(int((b["labels"] >= 0).sum()) for b in window)),
+                    float(sum(len(b["labels"]) for b in window)),
+                ],
+                device=accelerator.device,
+            )
             n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
             total = torch.zeros((), device=accelerator.device)
             for i, batch in enumerate(window):
                 last = i == len(window) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    parts = kd_loss_parts(forward_logits(model, batch).float(), batch["teacher_logits"],
-                                          batch["labels"], config.temperature)
+                    parts = kd_loss_parts(
+                        forward_logits(model, batch).float(),
+                        batch["teacher_logits"],
+                        batch["labels"],
+                        config.temperature,
+                    )
                     if config.normalisation == "step":
                         loss = step_loss(parts, n_labelled, n, config.alpha, world)
                     else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
-                        loss = step_loss(parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha) / len(window)
+                        loss = step_loss(
+                            parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha
+                        ) / len(window)
                     step.backward(loss)
                 total += loss.detach() / world
             step.update()
@@ -213,7 +279,9 @@ def distill_accelerate(
 
 def unwrapped_state(accelerator: Any, model: nn.Module) -> Mapping[str, torch.Tensor]:
     """The plain model's weights on the CPU (no DDP 'module.' prefixes)."""
-    return {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    return {
+        k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
+    }
 
 
 def max_abs_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:

@@ -40,8 +40,11 @@ from kdhelpers.validate import check_int, check_number, check_seed
 log = logging.getLogger(__name__)
 
 #: Rough wall time of fine-tuning the teacher per profile (2-core CPU for quick/standard).
-TEACHER_TRAINING_TIME = {"quick": "about 10 s", "standard": "about 15 minutes on a 2-core CPU",
-                         "full": "a few minutes on a GPU (much longer on a CPU)"}
+TEACHER_TRAINING_TIME = {
+    "quick": "about 10 s",
+    "standard": "about 15 minutes on a 2-core CPU",
+    "full": "a few minutes on a GPU (much longer on a CPU)",
+}
 
 #: The settings that name and guard the teacher checkpoint (hashed as JSON, stored in its record).
 TEACHER_KEYS = ("domain", "seed", "n_train", "pooling", "max_length", "epochs", "lr", "batch_size")
@@ -88,35 +91,71 @@ class CourseSettings:
 
 #: Data and teacher sizes per profile, shared by chapters 03-10 so they reuse one teacher checkpoint.
 PROFILE_SETTINGS: dict[str, CourseSettings] = {
-    "quick": CourseSettings(n_train=160, n_validation=100, n_test=200, n_unlabeled=300, pooling="mean",
-                            max_length=48, epochs=1, lr=1e-4, batch_size=16),
-    "standard": CourseSettings(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
-                               max_length=64, epochs=3, lr=1e-4, batch_size=32),
-    "full": CourseSettings(n_train=6000, n_validation=None, n_test=None, n_unlabeled=None, pooling="mean",
-                           max_length=64, epochs=4, lr=1e-4, batch_size=32),
+    "quick": CourseSettings(
+        n_train=160,
+        n_validation=100,
+        n_test=200,
+        n_unlabeled=300,
+        pooling="mean",
+        max_length=48,
+        epochs=1,
+        lr=1e-4,
+        batch_size=16,
+    ),
+    "standard": CourseSettings(
+        n_train=6000,
+        n_validation=None,
+        n_test=None,
+        n_unlabeled=None,
+        pooling="mean",
+        max_length=64,
+        epochs=3,
+        lr=1e-4,
+        batch_size=32,
+    ),
+    "full": CourseSettings(
+        n_train=6000,
+        n_validation=None,
+        n_test=None,
+        n_unlabeled=None,
+        pooling="mean",
+        max_length=64,
+        epochs=4,
+        lr=1e-4,
+        batch_size=32,
+    ),
 }
 
 
 def course_settings(profile: str, seed: int = 0, domain: str = "movies") -> CourseSettings:
     """The data and teacher settings of a resolved profile ('quick', 'standard' or 'full')."""
     if profile not in PROFILE_SETTINGS:
-        raise ValueError(f"profile must be one of {tuple(PROFILE_SETTINGS)} (resolve 'auto' first; got {profile!r})")
+        raise ValueError(
+            f"profile must be one of {tuple(PROFILE_SETTINGS)} (resolve 'auto' first; got {profile!r})"
+        )
     return replace(PROFILE_SETTINGS[profile], domain=domain, seed=seed)
 
 
 def _check_settings(settings: object) -> CourseSettings:
     """Refuse anything but CourseSettings (old string-keyed dicts included), naming the fix."""
     if not isinstance(settings, CourseSettings):
-        raise TypeError(f"settings must be CourseSettings (got {type(settings).__name__}): use course_settings(profile), "
-                        "varied with dataclasses.replace(settings, n_train=...)")
+        raise TypeError(
+            f"settings must be CourseSettings (got {type(settings).__name__}): use course_settings(profile), "
+            "varied with dataclasses.replace(settings, n_train=...)"
+        )
     return settings
 
 
 def course_data(settings: CourseSettings) -> Any:
     """The DatasetDict for `settings` (kdhelpers.data.load_sentiment, unlabelled pool trimmed if asked)."""
     settings = _check_settings(settings)
-    ds = load_sentiment(settings.domain, seed=settings.seed, n_train=settings.n_train,
-                        n_validation=settings.n_validation, n_test=settings.n_test)
+    ds = load_sentiment(
+        settings.domain,
+        seed=settings.seed,
+        n_train=settings.n_train,
+        n_validation=settings.n_validation,
+        n_test=settings.n_test,
+    )
     n_unl = settings.n_unlabeled
     if n_unl is not None and n_unl < len(ds["unlabeled"]):
         ds["unlabeled"] = ds["unlabeled"].select(range(n_unl))
@@ -132,7 +171,9 @@ class TextSplit:
     input_ids: list[list[int]]
     gold: torch.Tensor
 
-    def examples(self, with_labels: bool = True, teacher_logits: torch.Tensor | None = None) -> TextExamples:
+    def examples(
+        self, with_labels: bool = True, teacher_logits: torch.Tensor | None = None
+    ) -> TextExamples:
         """TextExamples for the loop; with_labels=False hides the gold labels (-1)."""
         return TextExamples(self.input_ids, self.gold if with_labels else None, teacher_logits)
 
@@ -151,8 +192,12 @@ def tokenize_splits(dataset: Any, tokenizer: Any, max_length: int = 64) -> dict[
     out = {}
     for name, split in dataset.items():
         texts = list(split["text"])
-        out[name] = TextSplit(list(split["id"]), texts, tokenize_texts(texts, tokenizer, max_length),
-                              torch.tensor(split["label"], dtype=torch.long))
+        out[name] = TextSplit(
+            list(split["id"]),
+            texts,
+            tokenize_texts(texts, tokenizer, max_length),
+            torch.tensor(split["label"], dtype=torch.long),
+        )
     return out
 
 
@@ -171,7 +216,8 @@ def load_or_train_teacher(
     folder: Path | None = None,
     retrain: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when it verifies and matches, else trained now (info['reason'] says why)."""
+    """The teacher fine-tuned with `settings` on splits['train']: from its checkpoint when it verifies
+    and matches, else trained now (info['reason'] says why)."""
     # a checkpoint is reused only if its digest verifies and its stored settings and data match;
     # a refused one (damaged, old format without digest, other settings) is retrained and replaced
     stem_name = _teacher_name(settings, splits)
@@ -179,8 +225,9 @@ def load_or_train_teacher(
     stem = Path(folder) / stem_name
     # what the stored record must repeat for the checkpoint to be reused (JSON-normalised)
     wanted = json.loads(json.dumps(settings.teacher_key(), default=str))
-    data_sha = hashlib.sha256("\n".join("|".join(splits[name].ids) for name in ("train", "validation"))
-                              .encode()).hexdigest()
+    data_sha = hashlib.sha256(
+        "\n".join("|".join(splits[name].ids) for name in ("train", "validation")).encode()
+    ).hexdigest()
     model, _ = load_teacher(None, pooling=settings.pooling)
     weights, _ = checkpoint_paths(stem)
     if retrain:
@@ -194,31 +241,59 @@ def load_or_train_teacher(
             stored = {k: stored.get(k) for k in TEACHER_KEYS}
             differ = {k: (stored[k], wanted[k]) for k in TEACHER_KEYS if stored[k] != wanted[k]}
             if differ:
-                reason = (f"checkpoint {weights.name} was saved with other settings "
-                          f"(stored, requested: {differ}): not reused, trained again")
+                reason = (
+                    f"checkpoint {weights.name} was saved with other settings "
+                    f"(stored, requested: {differ}): not reused, trained again"
+                )
             elif record.get("data_sha256") != data_sha:
-                reason = (f"checkpoint {weights.name} was trained on other train/validation examples "
-                          "(or records none): not reused, trained again")
+                reason = (
+                    f"checkpoint {weights.name} was trained on other train/validation examples "
+                    "(or records none): not reused, trained again"
+                )
             else:
-                info = {"trained_now": False, "checkpoint": stem.name,
-                        "reason": "checkpoint verified: weights digest, settings and data match", **record}
+                info = {
+                    "trained_now": False,
+                    "checkpoint": stem.name,
+                    "reason": "checkpoint verified: weights digest, settings and data match",
+                    **record,
+                }
                 return model.to(device), info
         except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
             reason = f"checkpoint refused ({exc}): trained again"
         model, _ = load_teacher(None, pooling=settings.pooling)
     given = asdict(settings)
-    profile = next((name for name, values in PROFILE_SETTINGS.items()
-                    if all(given[k] == v for k, v in asdict(values).items() if k not in ("domain", "seed"))), None)
+    profile = next(
+        (
+            name
+            for name, values in PROFILE_SETTINGS.items()
+            if all(given[k] == v for k, v in asdict(values).items() if k not in ("domain", "seed"))
+        ),
+        None,
+    )
     if profile is not None:  # the chapters' own teacher; exercises that vary it ask for that work
         log.warning(
             "No usable teacher checkpoint for these settings (%s). Fine-tuning the teacher now "
             "(chapter 03's step, saved so that later chapters reuse it): expect %s in the %s profile.",
-            reason, TEACHER_TRAINING_TIME[profile], profile)
-    train = make_loader(splits["train"].examples(), settings.batch_size, shuffle=True,
-                        device=device, seed=settings.seed)
+            reason,
+            TEACHER_TRAINING_TIME[profile],
+            profile,
+        )
+    train = make_loader(
+        splits["train"].examples(),
+        settings.batch_size,
+        shuffle=True,
+        device=device,
+        seed=settings.seed,
+    )
     val = make_loader(splits["validation"].examples(), 128, device=device)
-    history = fit(model, train, val, config=TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1),
-                  device=device, desc="teacher")
+    history = fit(
+        model,
+        train,
+        val,
+        config=TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1),
+        device=device,
+        desc="teacher",
+    )
     record = {"settings": asdict(settings), "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
     return model, {"trained_now": True, "checkpoint": stem.name, "reason": reason, **record}
@@ -234,8 +309,9 @@ def teacher_logits(
 ) -> torch.Tensor:
     """The teacher's logits on a split, through the on-disk cache (computed once per teacher and data)."""
     folder = cache_dir() if folder is None else Path(folder)
-    return cache_logits(teacher, split.ids, split.input_ids, folder, name=name, batch_size=batch_size,
-                        device=device).logits
+    return cache_logits(
+        teacher, split.ids, split.input_ids, folder, name=name, batch_size=batch_size, device=device
+    ).logits
 
 
 def split_accuracy(model: nn.Module, split: TextSplit, device: torch.device | str) -> float:
@@ -243,11 +319,18 @@ def split_accuracy(model: nn.Module, split: TextSplit, device: torch.device | st
     return evaluate(model, make_loader(split.examples(), 128, device=device), device)["accuracy"]
 
 
-def augmented_split(split: TextSplit, n_copies: int, mask_id: int, seed: int = 0,
-                    special_ids: tuple[int, ...] = (101, 102)) -> TextSplit:
+def augmented_split(
+    split: TextSplit,
+    n_copies: int,
+    mask_id: int,
+    seed: int = 0,
+    special_ids: tuple[int, ...] = (101, 102),
+) -> TextSplit:
     """Noisy copies of a split's token ids (masking, n-gram cuts) as a new, unlabelled split."""
 
-    ids = augment_token_ids(split.input_ids, n_copies=n_copies, mask_id=mask_id, special_ids=special_ids, seed=seed)
+    ids = augment_token_ids(
+        split.input_ids, n_copies=n_copies, mask_id=mask_id, special_ids=special_ids, seed=seed
+    )
     names = [f"aug{k}:{i}" for i in split.ids for k in range(n_copies)]
     texts = [t for t in split.texts for _ in range(n_copies)]
     return TextSplit(names, texts, ids, torch.full((len(ids),), -1, dtype=torch.long))
@@ -258,23 +341,36 @@ def concat_splits(*parts: TextSplit) -> TextSplit:
     ids = [i for p in parts for i in p.ids]
     if len(set(ids)) != len(ids):
         raise ValueError("concat_splits: the parts share example ids")
-    return TextSplit(ids, [t for p in parts for t in p.texts], [x for p in parts for x in p.input_ids],
-                     torch.cat([p.gold for p in parts]))
+    return TextSplit(
+        ids,
+        [t for p in parts for t in p.texts],
+        [x for p in parts for x in p.input_ids],
+        torch.cat([p.gold for p in parts]),
+    )
 
 
-def transfer_set(splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int,
-                 seed: int = 0) -> tuple[TextSplit, torch.Tensor]:
+def transfer_set(
+    splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int, seed: int = 0
+) -> tuple[TextSplit, torch.Tensor]:
     """Chapter 05's transfer set (train + unlabelled pool + noisy copies) and its labels (-1 beyond train)."""
     if not isinstance(aug_copies, int) or aug_copies < 0:
         raise ValueError(f"aug_copies must be an int >= 0 (got {aug_copies!r})")
     base = concat_splits(splits["train"], splits["unlabeled"])
-    transfer = base if aug_copies == 0 else concat_splits(base, augmented_split(base, aug_copies, mask_id, seed=seed))
+    transfer = (
+        base
+        if aug_copies == 0
+        else concat_splits(base, augmented_split(base, aug_copies, mask_id, seed=seed))
+    )
     n_lab = len(splits["train"])
-    labels = torch.cat([splits["train"].gold, torch.full((len(transfer) - n_lab,), -1, dtype=torch.long)])
+    labels = torch.cat(
+        [splits["train"].gold, torch.full((len(transfer) - n_lab,), -1, dtype=torch.long)]
+    )
     return transfer, labels
 
 
-def chosen_alpha_temperature(profile: str, default: tuple[float, float] = (0.1, 4.0)) -> tuple[float, float, bool]:
+def chosen_alpha_temperature(
+    profile: str, default: tuple[float, float] = (0.1, 4.0)
+) -> tuple[float, float, bool]:
     """alpha and T that chapter 05's sweep chose for `profile` (from its results file), else `default`; and which."""
 
     record = load_results("05_distillation", profile)
@@ -286,9 +382,15 @@ def chosen_alpha_temperature(profile: str, default: tuple[float, float] = (0.1, 
 STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
 
 
-def make_student(kind: str, vocab_size: int, teacher: nn.Module | torch.Tensor | None = None, seed: int = 0,
-                 **sizes: Any) -> nn.Module:
-    """A fresh seeded student: 'bag', 'cnn' or 'tiny-bert'; word embeddings from the teacher (or a projected table) when given."""
+def make_student(
+    kind: str,
+    vocab_size: int,
+    teacher: nn.Module | torch.Tensor | None = None,
+    seed: int = 0,
+    **sizes: Any,
+) -> nn.Module:
+    """A fresh seeded student: 'bag', 'cnn' or 'tiny-bert'; word embeddings from the teacher (or a
+    projected table) when given."""
 
     if kind not in STUDENT_KINDS:
         raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
@@ -324,8 +426,9 @@ def train_student(
     return fit(model, loader, val, loss_fn, config, device=device, desc=desc)
 
 
-def model_report(model: nn.Module, name: str, test: TextSplit, device: torch.device | str,
-                 repeats: int = 20) -> dict[str, Any]:
+def model_report(
+    model: nn.Module, name: str, test: TextSplit, device: torch.device | str, repeats: int = 20
+) -> dict[str, Any]:
     """Test accuracy, parameters, size and CPU latency (batch 1 and 64) of one float model (compressed_report's row)."""
     row, _ = compressed_report(model, name, test.input_ids, test.gold, device, repeats=repeats)
     row.pop("int8")

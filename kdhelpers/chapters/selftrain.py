@@ -54,7 +54,9 @@ def unlabelled_pool(*parts: TextSplit) -> TextSplit:
         if not isinstance(part, TextSplit):
             raise TypeError(f"parts must be TextSplit objects (got {type(part).__name__})")
     pool = concat_splits(*parts)
-    return TextSplit(pool.ids, pool.texts, pool.input_ids, torch.full((len(pool),), -1, dtype=torch.long))
+    return TextSplit(
+        pool.ids, pool.texts, pool.input_ids, torch.full((len(pool),), -1, dtype=torch.long)
+    )
 
 
 def drop_tokens(
@@ -94,7 +96,9 @@ def drop_tokens(
 
 
 def clean_logits(
-    model: nn.Module, data: TextSplit | Sequence[Sequence[int]], device: torch.device | str = "cpu",
+    model: nn.Module,
+    data: TextSplit | Sequence[Sequence[int]],
+    device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> torch.Tensor:
     """A model's logits on a split (or token-id lists) without noise: eval mode, no dropout, original ids."""
@@ -104,7 +108,9 @@ def clean_logits(
     input_ids = data.input_ids if isinstance(data, TextSplit) else data
     if len(input_ids) == 0:
         raise ValueError("no examples to label")
-    return predict_logits(model, input_ids, batch_size=batch_size, device=device).clone()  # a normal tensor
+    return predict_logits(
+        model, input_ids, batch_size=batch_size, device=device
+    ).clone()  # a normal tensor
 
 
 def noisy_student_set(
@@ -122,7 +128,9 @@ def noisy_student_set(
     if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2:
         raise ValueError("teacher_logits must be a 2-D tensor (examples, classes)")
     if len(teacher_logits) != len(input_ids):
-        raise ValueError(f"teacher_logits has {len(teacher_logits)} rows but there are {len(input_ids)} examples")
+        raise ValueError(
+            f"teacher_logits has {len(teacher_logits)} rows but there are {len(input_ids)} examples"
+        )
     n_copies = _check_copies(n_copies)
     if not keep_clean and n_copies == 0:
         raise ValueError("no rows: keep_clean=False needs n_copies >= 1")
@@ -158,12 +166,28 @@ def noisy_student_round(
     used for selection). Returns the trained student and its history.
     """
     if not isinstance(pool, TextSplit) or not isinstance(validation, TextSplit):
-        raise TypeError("pool and validation must be TextSplit objects (kdhelpers.chapters.recipes.tokenize_splits)")
-    data = noisy_student_set(pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=seed)
+        raise TypeError(
+            "pool and validation must be TextSplit objects (kdhelpers.chapters.recipes.tokenize_splits)"
+        )
+    data = noisy_student_set(
+        pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=seed
+    )
     student = new_student()
     if not isinstance(student, nn.Module):
-        raise TypeError(f"new_student() must return a torch.nn.Module (got {type(student).__name__})")
-    history = train_student(student, data, validation, make_kd_loss(0.0, temperature), device, epochs=epochs,
-                            lr=lr, seed=seed, desc=desc, **train_kwargs)
+        raise TypeError(
+            f"new_student() must return a torch.nn.Module (got {type(student).__name__})"
+        )
+    history = train_student(
+        student,
+        data,
+        validation,
+        make_kd_loss(0.0, temperature),
+        device,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        desc=desc,
+        **train_kwargs,
+    )
     history["rows"] = len(data)
     return student, history

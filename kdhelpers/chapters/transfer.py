@@ -31,12 +31,18 @@ def random_rows(n_total: int, n_rows: int | None, seed: int = 0) -> list[int]:
     return order[:n].tolist()
 
 
-def transfer_examples(transfer: TextSplit, labels: torch.Tensor, logits: torch.Tensor,
-                      rows: Sequence[int] | None = None) -> TextExamples:
+def transfer_examples(
+    transfer: TextSplit,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    rows: Sequence[int] | None = None,
+) -> TextExamples:
     """Transfer-set rows (all, or `rows`) as TextExamples with their labels and teacher logits."""
     if len(labels) != len(transfer) or len(logits) != len(transfer):
-        raise ValueError(f"labels and logits must have {len(transfer)} rows like transfer "
-                         f"(got {len(labels)} and {len(logits)})")
+        raise ValueError(
+            f"labels and logits must have {len(transfer)} rows like transfer "
+            f"(got {len(labels)} and {len(logits)})"
+        )
     if rows is None:
         return TextExamples(transfer.input_ids, labels, logits)
     rows = list(rows)

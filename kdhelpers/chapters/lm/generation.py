@@ -48,7 +48,11 @@ def sample(
     forbid: Sequence[int] = (PAD_ID, BOS_ID, UNK_ID),
 ) -> list[list[int]]:
     """`n` sequences sampled from bos with a key/value cache: [bos, ...] ending in eos when one was drawn (seeded)."""
-    for name, value, low in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1)):
+    for name, value, low in (
+        ("n", n, 1),
+        ("max_new_tokens", max_new_tokens, 1),
+        ("batch_size", batch_size, 1),
+    ):
         _check_int(name, value, low)
     check_seed("seed", seed)
     check_number("temperature", temperature, 0.0, strict_min=True)
@@ -70,7 +74,9 @@ def sample(
             past = getattr(res, cache_arg)
             raw = res.logits[:, -1].float().cpu()
             logits = raw / temperature
-            if not bool(torch.isfinite(logits).all()):  # a tiny temperature: scale after subtracting the maximum
+            if not bool(
+                torch.isfinite(logits).all()
+            ):  # a tiny temperature: scale after subtracting the maximum
                 logits = (raw.double() - raw.double().amax(-1, keepdim=True)) / temperature
                 logits = logits.clamp(min=-1e30).float()
             if forbid:
@@ -90,12 +96,22 @@ def sample(
     return out
 
 
-def _timed_sample(model: nn.Module, new_tokens: int, batch_size: int, seed: int, device: torch.device) -> float:
+def _timed_sample(
+    model: nn.Module, new_tokens: int, batch_size: int, seed: int, device: torch.device
+) -> float:
     """Seconds to sample `new_tokens` tokens for `batch_size` sequences (synchronised on CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    sample(model, batch_size, new_tokens, batch_size=batch_size, stop_at_eos=False, seed=seed, device=device)
+    sample(
+        model,
+        batch_size,
+        new_tokens,
+        batch_size=batch_size,
+        stop_at_eos=False,
+        seed=seed,
+        device=device,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -108,7 +124,8 @@ def generation_speeds(
     rounds: int = 5,
     device: torch.device | str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Median tokens per second of each model, timed interleaved (one untimed warm-up each, then `rounds` round-robin passes).
+    """Median tokens per second of each model, timed interleaved (one untimed warm-up each, then
+    `rounds` round-robin passes).
 
     Interleaving spreads any slow period of the machine over all models instead of penalising the
     one that happened to run during it; every other round runs the models in reverse order.
@@ -135,8 +152,12 @@ def generation_speeds(
     out = {}
     for name in names:
         median = statistics.median(times[name])
-        out[name] = {"tokens_per_s": batch_size * new_tokens / median, "ms_per_token": median / new_tokens * 1e3,
-                     "batch_size": batch_size, "seconds": times[name]}
+        out[name] = {
+            "tokens_per_s": batch_size * new_tokens / median,
+            "ms_per_token": median / new_tokens * 1e3,
+            "batch_size": batch_size,
+            "seconds": times[name],
+        }
     return out
 
 
@@ -148,5 +169,7 @@ def generation_speed(
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Median tokens per second when sampling `new_tokens` tokens for `batch_size` sequences (one untimed warm-up)."""
-    res = generation_speeds({"model": model}, new_tokens, batch_size, rounds=repeats, device=device)["model"]
+    res = generation_speeds(
+        {"model": model}, new_tokens, batch_size, rounds=repeats, device=device
+    )["model"]
     return {k: res[k] for k in ("tokens_per_s", "ms_per_token", "batch_size")}

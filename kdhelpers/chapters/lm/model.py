@@ -42,25 +42,43 @@ def make_lm(
     """A freshly initialised (seeded) GPT-2 language model of the given size, built offline."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    for name, value, low in (("vocab_size", vocab_size, 2), ("n_layer", n_layer, 1), ("n_embd", n_embd, 1),
-                             ("n_head", n_head, 1), ("n_positions", n_positions, 2)):
+    for name, value, low in (
+        ("vocab_size", vocab_size, 2),
+        ("n_layer", n_layer, 1),
+        ("n_embd", n_embd, 1),
+        ("n_head", n_head, 1),
+        ("n_positions", n_positions, 2),
+    ):
         _check_int(name, value, low)
     check_seed("seed", seed)
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
     if check_number("dropout", dropout, 0.0, 1.0) >= 1.0:
         raise ValueError(f"dropout must be in [0, 1) (got {dropout!r})")
-    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-                        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
     return model.eval()
 
 
-def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits (batch, seq, vocab) of a causal LM on a right-padded batch (ids checked against its vocabulary)."""
+def lm_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Next-token logits (batch, seq, vocab) of a causal LM on a right-padded batch (ids checked
+    against its vocabulary)."""
     vocab = vocab_size_of(model)
     if vocab is not None:
         check_token_ids("input_ids", input_ids, vocab, "the language model")
@@ -71,16 +89,25 @@ def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 def _shifted(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """(logits for positions 0..n-2, their targets 1..n-1, mask of real targets), with shape checks."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise ValueError(f"logits must have shape (batch, seq, vocab) (got {getattr(logits, 'shape', None)})")
+        raise ValueError(
+            f"logits must have shape (batch, seq, vocab) (got {getattr(logits, 'shape', None)})"
+        )
     check_float_tensor("logits", logits)
     for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
-    check_token_ids("input_ids", input_ids, logits.shape[-1], "the logits' last dimension",
-                    "the targets must be ids of the vocabulary the logits score")
+    check_token_ids(
+        "input_ids",
+        input_ids,
+        logits.shape[-1],
+        "the logits' last dimension",
+        "the targets must be ids of the vocabulary the logits score",
+    )
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    if tuple(input_ids.shape) != tuple(logits.shape[:2]) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+    if tuple(input_ids.shape) != tuple(logits.shape[:2]) or tuple(attention_mask.shape) != tuple(
+        input_ids.shape
+    ):
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
             f"must both have shape {tuple(logits.shape[:2])}"
@@ -100,13 +127,16 @@ def lm_loss(
     alpha: float = 1.0,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Next-token loss over the real (unpadded) targets: CE, or distillation_loss(alpha, T, mask) with teacher logits."""
+    """Next-token loss over the real (unpadded) targets: CE, or distillation_loss(alpha, T, mask) with
+    teacher logits."""
     check_number("alpha", alpha, 0.0, 1.0)
     check_number("temperature", temperature, 0.0, strict_min=True)
     s, y, m = _shifted(logits, input_ids, attention_mask)
     if teacher_logits is None:
         if alpha != 1.0:
-            raise ValueError(f"alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)")
+            raise ValueError(
+                f"alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)"
+            )
         if not m.any():
             raise ValueError("attention_mask selects no target token")
         return F.cross_entropy(s.float()[m], y[m])
@@ -116,13 +146,19 @@ def lm_loss(
             f"teacher_logits must have the student's shape {tuple(logits.shape)} (got {tuple(teacher_logits.shape)}): "
             "token-level KD needs the same tokenizer (same vocabulary and the same positions)"
         )
-    return distillation_loss(s, teacher_logits[:, :-1].to(s.device), y, alpha=alpha, temperature=temperature, mask=m)
+    return distillation_loss(
+        s, teacher_logits[:, :-1].to(s.device), y, alpha=alpha, temperature=temperature, mask=m
+    )
 
 
-def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
+def nll_sum(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[float, int]:
     """(sum of next-token negative log-likelihoods in nats, number of real target tokens)."""
     s, y, m = _shifted(logits, input_ids, attention_mask)
-    nll = F.cross_entropy(s.float().reshape(-1, s.shape[-1]), y.reshape(-1), reduction="none").reshape(y.shape)
+    nll = F.cross_entropy(
+        s.float().reshape(-1, s.shape[-1]), y.reshape(-1), reduction="none"
+    ).reshape(y.shape)
     return float(nll[m].sum()), int(m.sum())
 
 
@@ -159,7 +195,8 @@ def token_logits(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float16,
 ) -> list[torch.Tensor]:
-    """A model's logits for every sequence, computed once (length-sorted batches): a list of (len_i, vocab) CPU tensors."""
+    """A model's logits for every sequence, computed once (length-sorted batches): a list of (len_i,
+    vocab) CPU tensors."""
     seqs = _check_sequences("seqs", seqs)
     _check_int("batch_size", batch_size, 1)
     device = get_device() if device is None else torch.device(device)

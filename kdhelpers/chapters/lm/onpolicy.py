@@ -131,7 +131,9 @@ def _check_positions(name: str, model: nn.Module, length: int, fix: str) -> None
     """Refuse sequences longer than the model's position table (GPT-2's n_positions)."""
     limit = getattr(getattr(model, "config", None), "n_positions", None)
     if isinstance(limit, int) and length > limit:
-        raise ValueError(f"{name} needs {length} positions but the model has n_positions={limit}: {fix}")
+        raise ValueError(
+            f"{name} needs {length} positions but the model has n_positions={limit}: {fix}"
+        )
 
 
 def onpolicy_prompts(seqs: Sequence[Sequence[int]], prompt_len: int) -> list[list[int]]:
@@ -140,7 +142,9 @@ def onpolicy_prompts(seqs: Sequence[Sequence[int]], prompt_len: int) -> list[lis
     check_int("prompt_len", prompt_len, 1)
     pool = [s for s in seqs if len(s) > prompt_len]
     if not pool:
-        raise ValueError(f"no sequence in seqs is longer than prompt_len={prompt_len}: lower prompt_len")
+        raise ValueError(
+            f"no sequence in seqs is longer than prompt_len={prompt_len}: lower prompt_len"
+        )
     return pool
 
 
@@ -186,8 +190,10 @@ def _continue(
         step_input = nxt.to(device)
     out = []
     for row in seqs.tolist():
-        tail = row[prompts.shape[1]:]
-        out.append(row[: prompts.shape[1]] + (tail[: tail.index(EOS_ID) + 1] if EOS_ID in tail else tail))
+        tail = row[prompts.shape[1] :]
+        out.append(
+            row[: prompts.shape[1]] + (tail[: tail.index(EOS_ID) + 1] if EOS_ID in tail else tail)
+        )
     return out
 
 
@@ -211,7 +217,9 @@ def _generate(
         for first in range(0, len(rows), batch_size):
             chunk = rows[first : first + batch_size]
             ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long)
-            for i, seq in zip(chunk, _continue(model, ids, max_new_tokens, temperature, gen), strict=True):
+            for i, seq in zip(
+                chunk, _continue(model, ids, max_new_tokens, temperature, gen), strict=True
+            ):
                 out[i] = seq
     model.train(was_training)
     return out  # type: ignore[return-value]
@@ -221,14 +229,26 @@ def _check_prompts(model: nn.Module, prompts: object, max_new_tokens: int) -> li
     """Non-empty prompts whose ids fit the model's vocabulary and whose continuations fit its positions."""
     prompts = check_token_lists("prompts", prompts)
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must hold at least one prompt and no empty prompt (start with bos)")
-    vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else None
+        raise ValueError(
+            "prompts must hold at least one prompt and no empty prompt (start with bos)"
+        )
+    vocab = (
+        model.get_input_embeddings().weight.shape[0]
+        if hasattr(model, "get_input_embeddings")
+        else None
+    )
     worst = max(max(p) for p in prompts)
     if vocab is not None and worst >= vocab:
-        raise ValueError(f"prompts hold token id {worst} but the model's vocabulary has {vocab} ids")
+        raise ValueError(
+            f"prompts hold token id {worst} but the model's vocabulary has {vocab} ids"
+        )
     check_int("max_new_tokens", max_new_tokens, 1)
-    _check_positions("max_new_tokens", model, max(len(p) for p in prompts) + max_new_tokens,
-                     "shorten the prompts or lower max_new_tokens")
+    _check_positions(
+        "max_new_tokens",
+        model,
+        max(len(p) for p in prompts) + max_new_tokens,
+        "shorten the prompts or lower max_new_tokens",
+    )
     return prompts
 
 
@@ -275,13 +295,16 @@ def sequence_kd_targets(
     max_new_tokens: int,
     batch_size: int = 64,
 ) -> list[list[int]]:
-    """Kim and Rush's sequence-level KD data: each sequence's first `prompt_len` tokens + the teacher's greedy continuation.
+    """Kim and Rush's sequence-level KD data: each sequence's first `prompt_len` tokens + the teacher's
+    greedy continuation.
 
     Sequences not longer than `prompt_len` are skipped (see `onpolicy_prompts`). Train the student
     on the result with plain cross-entropy (e.g. `kdhelpers.chapters.lm.train_lm`, alpha=1).
     """
     pool = onpolicy_prompts(seqs, prompt_len)
-    return greedy_continuations(teacher, [s[:prompt_len] for s in pool], max_new_tokens, batch_size=batch_size)
+    return greedy_continuations(
+        teacher, [s[:prompt_len] for s in pool], max_new_tokens, batch_size=batch_size
+    )
 
 
 # ---------------------------------------------------------------- the training loop
@@ -301,7 +324,8 @@ def distill_on_policy(
     config: OnPolicyConfig,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """GKD-style distillation: per step, on-policy (probability lmbda) or fixed-data continuations, loss on continuations only.
+    """GKD-style distillation: per step, on-policy (probability lmbda) or fixed-data continuations,
+    loss on continuations only.
 
     Randomness, all from config.seed: the batches (epochs of a seeded permutation of the sequences
     longer than prompt_len), the on-policy coin (Python's random.Random(seed), drawn every step;
@@ -323,30 +347,54 @@ def distill_on_policy(
     pool = onpolicy_prompts(train_seqs, config.prompt_len)
     longest = config.prompt_len + config.max_new_tokens
     for name, model in (("student", student), ("teacher", teacher)):
-        _check_positions("prompt_len + max_new_tokens", model, longest, f"lower max_new_tokens ({name})")
-        vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else None
+        _check_positions(
+            "prompt_len + max_new_tokens", model, longest, f"lower max_new_tokens ({name})"
+        )
+        vocab = (
+            model.get_input_embeddings().weight.shape[0]
+            if hasattr(model, "get_input_embeddings")
+            else None
+        )
         worst = max(max(s) for s in pool)
         if vocab is not None and worst >= vocab:
-            raise ValueError(f"train_seqs hold token id {worst} but the {name}'s vocabulary has {vocab} ids")
+            raise ValueError(
+                f"train_seqs hold token id {worst} but the {name}'s vocabulary has {vocab} ids"
+            )
     device = get_device() if device is None else torch.device(device)
     student.to(device)
     teacher.to(device).eval()
     loss_config = config.divergence_config
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = OptimiserStep(optimizer, None, tuple(student.parameters()), config.max_grad_norm)  # constant lr, as TRL
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    step = OptimiserStep(
+        optimizer, None, tuple(student.parameters()), config.max_grad_norm
+    )  # constant lr, as TRL
     batch_gen = torch.Generator().manual_seed(config.seed)
     sample_gen = torch.Generator().manual_seed(config.seed + 1)  # torch seeds go up to 2**64 - 1
     coin = random.Random(config.seed)
     k, order = config.prompt_len, []
-    history: dict[str, Any] = {"loss": [], "on_policy": [], "rows": [], "teacher_tokens_per_step": [],
-                               "teacher_tokens": 0, "teacher_scored_tokens": 0, "teacher_generated_tokens": 0,
-                               "student_generated_tokens": 0, "loss_tokens": 0, "steps_run": 0,
-                               "on_policy_steps": 0}
+    history: dict[str, Any] = {
+        "loss": [],
+        "on_policy": [],
+        "rows": [],
+        "teacher_tokens_per_step": [],
+        "teacher_tokens": 0,
+        "teacher_scored_tokens": 0,
+        "teacher_generated_tokens": 0,
+        "student_generated_tokens": 0,
+        "loss_tokens": 0,
+        "steps_run": 0,
+        "on_policy_steps": 0,
+    }
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # dropout masks
         for _ in progress_bar(range(config.steps), "on-policy KD"):
-            if config.max_teacher_tokens is not None and history["teacher_tokens"] >= config.max_teacher_tokens:
+            if (
+                config.max_teacher_tokens is not None
+                and history["teacher_tokens"] >= config.max_teacher_tokens
+            ):
                 break
             if len(order) < config.batch_size:
                 order += torch.randperm(len(pool), generator=batch_gen).tolist()
@@ -354,8 +402,14 @@ def distill_on_policy(
             prompts = [pool[i][:k] for i in rows]
             on_policy = coin.random() < config.lmbda
             if on_policy:
-                seqs = _generate(student, prompts, config.max_new_tokens, config.temperature, sample_gen,
-                                 len(prompts))
+                seqs = _generate(
+                    student,
+                    prompts,
+                    config.max_new_tokens,
+                    config.temperature,
+                    sample_gen,
+                    len(prompts),
+                )
                 history["student_generated_tokens"] += sum(len(s) - k for s in seqs)
             elif config.seq_kd:
                 seqs = _generate(teacher, prompts, config.max_new_tokens, None, None, len(prompts))
@@ -370,11 +424,17 @@ def distill_on_policy(
             history["teacher_scored_tokens"] += int(attn.sum())
             student.train(config.dropout)
             student_logits = lm_logits(student, ids, attn)
-            loss = token_divergence(student_logits[:, :-1].float(), teacher_logits[:, :-1], loss_config, mask)
+            loss = token_divergence(
+                student_logits[:, :-1].float(), teacher_logits[:, :-1], loss_config, mask
+            )
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {history['steps_run'] + 1}: lower lr?")
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {history['steps_run'] + 1}: lower lr?"
+                )
             step(loss)
-            history["teacher_tokens"] = history["teacher_scored_tokens"] + history["teacher_generated_tokens"]
+            history["teacher_tokens"] = (
+                history["teacher_scored_tokens"] + history["teacher_generated_tokens"]
+            )
             history["loss"].append(float(loss.detach()))
             history["on_policy"].append(on_policy)
             history["rows"].append(rows)
@@ -417,7 +477,8 @@ def continuation_perplexity(
     prompt_len: int,
     batch_size: int = 64,
 ) -> float:
-    """exp(mean NLL) of `model` on the tokens after the first `prompt_len` of each sequence (e.g. the teacher on student samples)."""
+    """exp(mean NLL) of `model` on the tokens after the first `prompt_len` of each sequence (e.g. the
+    teacher on student samples)."""
     model = _check_model("model", model)
     seqs = check_token_lists("seqs", seqs)
     check_int("prompt_len", prompt_len, 1)
@@ -445,7 +506,8 @@ def _continuations(seqs: object, prompt_len: int) -> list[list[int]]:
 
 
 def distinct_n(seqs: Sequence[Sequence[int]], n: int = 3, prompt_len: int = 0) -> float:
-    """Distinct-n (Li et al. 2016): distinct n-grams / all n-grams over all continuations (after prompt_len, eos dropped)."""
+    """Distinct-n (Li et al. 2016): distinct n-grams / all n-grams over all continuations (after
+    prompt_len, eos dropped)."""
     check_int("n", n, 1)
     grams = [g for t in _continuations(seqs, prompt_len) for g in _ngrams(t, n)]
     if not grams:
@@ -454,7 +516,8 @@ def distinct_n(seqs: Sequence[Sequence[int]], n: int = 3, prompt_len: int = 0) -
 
 
 def repetition_rate(seqs: Sequence[Sequence[int]], n: int = 3, prompt_len: int = 0) -> float:
-    """Mean over continuations of the fraction of their n-grams that already occurred earlier in the same continuation."""
+    """Mean over continuations of the fraction of their n-grams that already occurred earlier in the
+    same continuation."""
     check_int("n", n, 1)
     rates = []
     for t in _continuations(seqs, prompt_len):
@@ -476,8 +539,11 @@ def _mean_divergence(
 ) -> float:
     """Token-weighted mean divergence(teacher, student) over the continuation tokens of `seqs`."""
     total, n = 0.0, 0
-    pairs = zip(_scored(student, seqs, [prompt_len] * len(seqs), batch_size),
-                _scored(teacher, seqs, [prompt_len] * len(seqs), batch_size), strict=True)
+    pairs = zip(
+        _scored(student, seqs, [prompt_len] * len(seqs), batch_size),
+        _scored(teacher, seqs, [prompt_len] * len(seqs), batch_size),
+        strict=True,
+    )
     for (s_logits, _, mask), (t_logits, _, _) in pairs:
         if mask.any():
             count = int(mask.sum())
@@ -513,9 +579,14 @@ def exposure_bias_gap(
     pool = onpolicy_prompts(seqs, config.prompt_len)
     k = config.prompt_len
     reference = [s[: k + config.max_new_tokens] for s in pool]
-    samples = sample_continuations(student, [s[:k] for s in pool], config.max_new_tokens,
-                                   temperature=config.temperature, seed=config.seed,
-                                   batch_size=config.batch_size)
+    samples = sample_continuations(
+        student,
+        [s[:k] for s in pool],
+        config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
     tf = _mean_divergence(student, teacher, reference, k, loss, config.batch_size)
     fr = _mean_divergence(student, teacher, samples, k, loss, config.batch_size)
     return {"teacher_forced": tf, "free_running": fr, "gap": fr - tf}
@@ -527,7 +598,8 @@ def sample_metrics(
     seqs: Sequence[Sequence[int]],
     config: EvalConfig,
 ) -> dict[str, float]:
-    """Metrics without a person: teacher perplexity of the student's samples, distinct-n, repetition rate, exposure-bias gap.
+    """Metrics without a person: teacher perplexity of the student's samples, distinct-n, repetition
+    rate, exposure-bias gap.
 
     The student continues the first `prompt_len` tokens of each sequence longer than that
     (seeded sampling at `config.temperature`); 'teacher_perplexity' is exp(teacher NLL per
@@ -538,11 +610,20 @@ def sample_metrics(
     if not isinstance(config, EvalConfig):
         raise TypeError(f"config must be an EvalConfig (got {type(config).__name__})")
     pool = onpolicy_prompts(seqs, config.prompt_len)
-    samples = sample_continuations(student, [s[: config.prompt_len] for s in pool], config.max_new_tokens,
-                                   temperature=config.temperature, seed=config.seed,
-                                   batch_size=config.batch_size)
+    samples = sample_continuations(
+        student,
+        [s[: config.prompt_len] for s in pool],
+        config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
     gap = exposure_bias_gap(student, teacher, seqs, config)
-    return {"teacher_perplexity": continuation_perplexity(teacher, samples, config.prompt_len, config.batch_size),
-            "distinct_n": distinct_n(samples, config.ngram, config.prompt_len),
-            "repetition_rate": repetition_rate(samples, config.ngram, config.prompt_len),
-            **{f"exposure_{k}": v for k, v in gap.items()}}
+    return {
+        "teacher_perplexity": continuation_perplexity(
+            teacher, samples, config.prompt_len, config.batch_size
+        ),
+        "distinct_n": distinct_n(samples, config.ngram, config.prompt_len),
+        "repetition_rate": repetition_rate(samples, config.ngram, config.prompt_len),
+        **{f"exposure_{k}": v for k, v in gap.items()},
+    }

@@ -51,7 +51,9 @@ class CharTokenizer:
             raise ValueError("chars must be single characters")
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("chars must not repeat")
-        object.__setattr__(self, "_index", {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(self.chars)})
+        object.__setattr__(
+            self, "_index", {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(self.chars)}
+        )
 
     pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
 
@@ -109,7 +111,9 @@ class CharTokenizer:
         return cls(tuple(record["chars"]), bool(record.get("lowercase", False)))
 
 
-def build_char_tokenizer(texts: Sequence[str], lowercase: bool = False, min_count: int = 1) -> CharTokenizer:
+def build_char_tokenizer(
+    texts: Sequence[str], lowercase: bool = False, min_count: int = 1
+) -> CharTokenizer:
     """A CharTokenizer over the characters seen at least `min_count` times in `texts` (most frequent first)."""
     texts = _check_texts(texts)
     _check_int("min_count", min_count, 1)
@@ -131,12 +135,21 @@ def vocab_map(source: CharTokenizer, target: CharTokenizer) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def project_logits(logits: torch.Tensor, mapping: torch.Tensor, target_vocab_size: int) -> torch.Tensor:
-    """Log-probabilities over a coarser vocabulary: the probabilities of source ids that map to one target id are summed."""
+def project_logits(
+    logits: torch.Tensor, mapping: torch.Tensor, target_vocab_size: int
+) -> torch.Tensor:
+    """Log-probabilities over a coarser vocabulary: the probabilities of source ids that map to one
+    target id are summed."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError("logits must be a floating-point tensor")
-    if not isinstance(mapping, torch.Tensor) or mapping.dim() != 1 or mapping.shape[0] != logits.shape[-1]:
-        raise ValueError(f"mapping must be a 1-d tensor with one entry per source id ({logits.shape[-1]})")
+    if (
+        not isinstance(mapping, torch.Tensor)
+        or mapping.dim() != 1
+        or mapping.shape[0] != logits.shape[-1]
+    ):
+        raise ValueError(
+            f"mapping must be a 1-d tensor with one entry per source id ({logits.shape[-1]})"
+        )
     _check_int("target_vocab_size", target_vocab_size, 2)
     if mapping.min() < 0 or mapping.max() >= target_vocab_size:
         raise ValueError(f"mapping values must lie in [0, {target_vocab_size - 1}]")
@@ -146,7 +159,9 @@ def project_logits(logits: torch.Tensor, mapping: torch.Tensor, target_vocab_siz
     return out.clamp_min(1e-12).log()
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token-id lists to the longest: (input_ids, attention_mask), both (batch, longest) int64."""
     seqs = [list(s) for s in seqs]
     if not seqs or any(len(s) == 0 for s in seqs):

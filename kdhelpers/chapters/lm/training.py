@@ -87,12 +87,23 @@ class LMSettings:
         for name in ("teacher_snippets", "student_snippets", "val_snippets", "test_snippets"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
-        for name in ("max_len", "teacher_steps", "teacher_batch", "student_steps", "batch_size", "eval_every",
-                     "generated", "speed_tokens", "speed_rounds"):
+        for name in (
+            "max_len",
+            "teacher_steps",
+            "teacher_batch",
+            "student_steps",
+            "batch_size",
+            "eval_every",
+            "generated",
+            "speed_tokens",
+            "speed_rounds",
+        ):
             _check_int(name, getattr(self, name), 1)
         for name in ("teacher", "student", "tiny"):
             if not isinstance(getattr(self, name), LMSize):
-                raise TypeError(f"{name} must be an LMSize (got {type(getattr(self, name)).__name__})")
+                raise TypeError(
+                    f"{name} must be an LMSize (got {type(getattr(self, name)).__name__})"
+                )
         check_number("lr", self.lr, 0.0, strict_min=True)
         check_number("alpha", self.alpha, 0.0, 1.0)
         check_number("T", self.T, 0.0, strict_min=True)
@@ -103,22 +114,69 @@ LM_TEACHER_KEYS = ("teacher", "teacher_steps", "teacher_batch", "lr", "max_len")
 
 #: Sizes per profile for chapter 10 and its solutions (so both use one teacher checkpoint).
 LM_PROFILE_SETTINGS: dict[str, LMSettings] = {
-    "quick": LMSettings(teacher_snippets=2000, student_snippets=150, val_snippets=150, test_snippets=150,
-                        max_len=64, teacher=LMSize(n_layer=1, n_embd=48, n_head=2),
-                        student=LMSize(n_layer=1, n_embd=32, n_head=2), tiny=LMSize(n_layer=1, n_embd=16, n_head=2),
-                        teacher_steps=60, teacher_batch=32, student_steps=40, batch_size=16, eval_every=20,
-                        lr=3e-3, alpha=0.0, T=1.0, generated=150, speed_tokens=16, speed_rounds=3),
-    "standard": LMSettings(teacher_snippets=None, student_snippets=250, val_snippets=600, test_snippets=1000,
-                           max_len=128, teacher=LMSize(n_layer=2, n_embd=128, n_head=4),
-                           student=LMSize(n_layer=2, n_embd=64, n_head=2),
-                           tiny=LMSize(n_layer=1, n_embd=32, n_head=2), teacher_steps=500, teacher_batch=32,
-                           student_steps=600, batch_size=16, eval_every=100, lr=3e-3, alpha=0.0, T=1.0,
-                           generated=1000, speed_tokens=64, speed_rounds=7),
-    "full": LMSettings(teacher_snippets=None, student_snippets=250, val_snippets=None, test_snippets=None,
-                       max_len=128, teacher=LMSize(n_layer=4, n_embd=256, n_head=4),
-                       student=LMSize(n_layer=2, n_embd=64, n_head=2), tiny=LMSize(n_layer=1, n_embd=32, n_head=2),
-                       teacher_steps=3000, teacher_batch=64, student_steps=1000, batch_size=16, eval_every=100,
-                       lr=3e-3, alpha=0.0, T=1.0, generated=4000, speed_tokens=64, speed_rounds=7),
+    "quick": LMSettings(
+        teacher_snippets=2000,
+        student_snippets=150,
+        val_snippets=150,
+        test_snippets=150,
+        max_len=64,
+        teacher=LMSize(n_layer=1, n_embd=48, n_head=2),
+        student=LMSize(n_layer=1, n_embd=32, n_head=2),
+        tiny=LMSize(n_layer=1, n_embd=16, n_head=2),
+        teacher_steps=60,
+        teacher_batch=32,
+        student_steps=40,
+        batch_size=16,
+        eval_every=20,
+        lr=3e-3,
+        alpha=0.0,
+        T=1.0,
+        generated=150,
+        speed_tokens=16,
+        speed_rounds=3,
+    ),
+    "standard": LMSettings(
+        teacher_snippets=None,
+        student_snippets=250,
+        val_snippets=600,
+        test_snippets=1000,
+        max_len=128,
+        teacher=LMSize(n_layer=2, n_embd=128, n_head=4),
+        student=LMSize(n_layer=2, n_embd=64, n_head=2),
+        tiny=LMSize(n_layer=1, n_embd=32, n_head=2),
+        teacher_steps=500,
+        teacher_batch=32,
+        student_steps=600,
+        batch_size=16,
+        eval_every=100,
+        lr=3e-3,
+        alpha=0.0,
+        T=1.0,
+        generated=1000,
+        speed_tokens=64,
+        speed_rounds=7,
+    ),
+    "full": LMSettings(
+        teacher_snippets=None,
+        student_snippets=250,
+        val_snippets=None,
+        test_snippets=None,
+        max_len=128,
+        teacher=LMSize(n_layer=4, n_embd=256, n_head=4),
+        student=LMSize(n_layer=2, n_embd=64, n_head=2),
+        tiny=LMSize(n_layer=1, n_embd=32, n_head=2),
+        teacher_steps=3000,
+        teacher_batch=64,
+        student_steps=1000,
+        batch_size=16,
+        eval_every=100,
+        lr=3e-3,
+        alpha=0.0,
+        T=1.0,
+        generated=4000,
+        speed_tokens=64,
+        speed_rounds=7,
+    ),
 }
 
 
@@ -144,7 +202,9 @@ class LMTrainConfig:
         check_number("lr", self.lr, 0.0, strict_min=True)
         check_number("weight_decay", self.weight_decay, 0.0)
         check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        object.__setattr__(self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm))
+        object.__setattr__(
+            self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm)
+        )
         check_number("alpha", self.alpha, 0.0, 1.0)
         check_number("temperature", self.temperature, 0.0, strict_min=True)
         if self.eval_every is not None:
@@ -166,23 +226,30 @@ def course_texts(
     val_snippets: int | None = None,
     test_snippets: int | None = None,
 ) -> dict[str, list[str]]:
-    """The snippets of the four VADER corpora without labels: 'teacher' (train + unlabeled), 'student' (a sample of train), 'validation', 'test'."""
+    """The snippets of the four VADER corpora without labels: 'teacher' (train + unlabeled), 'student'
+    (a sample of train), 'validation', 'test'."""
 
     check_seed("seed", seed)
-    splits: dict[str, list[str]] = {name: [] for name in ("train", "unlabeled", "validation", "test")}
+    splits: dict[str, list[str]] = {
+        name: [] for name in ("train", "unlabeled", "validation", "test")
+    }
     for domain in VADER_DOMAINS:
         ds = load_sentiment(domain, seed=seed)
         for name in splits:
             splits[name] += list(ds[name]["text"])
-    return {"teacher": _sample(splits["train"] + splits["unlabeled"], teacher_snippets, seed),
-            "student": _sample(splits["train"], student_snippets, seed + 1),
-            "validation": _sample(splits["validation"], val_snippets, seed + 2),
-            "test": _sample(splits["test"], test_snippets, seed + 3)}
+    return {
+        "teacher": _sample(splits["train"] + splits["unlabeled"], teacher_snippets, seed),
+        "student": _sample(splits["train"], student_snippets, seed + 1),
+        "validation": _sample(splits["validation"], val_snippets, seed + 2),
+        "test": _sample(splits["test"], test_snippets, seed + 3),
+    }
 
 
-def _bucketed_batches(seqs: Sequence[Sequence[int]], batch_size: int, gen: torch.Generator,
-                      bucket: int = 32) -> list[list[int]]:
-    """One epoch of batches: shuffle, sort each run of `bucket` batches by length, shuffle the batches (less padding)."""
+def _bucketed_batches(
+    seqs: Sequence[Sequence[int]], batch_size: int, gen: torch.Generator, bucket: int = 32
+) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort each run of `bucket` batches by length, shuffle the batches
+    (less padding)."""
     perm = torch.randperm(len(seqs), generator=gen).tolist()
     span = batch_size * bucket
     batches = []
@@ -202,14 +269,17 @@ def train_lm(
     device: torch.device | str | None = None,
     desc: str = "lm",
 ) -> dict[str, Any]:
-    """Train a causal LM for `config.steps` AdamW steps on shuffled batches; KD when teacher_logits (one per sequence) are given.
+    """Train a causal LM for `config.steps` AdamW steps on shuffled batches; KD when teacher_logits
+    (one per sequence) are given.
 
     With `val_seqs`, validation perplexity is measured every `config.eval_every` steps (and at the
     end) and the best state is restored. Returns a history dict.
     """
     if not isinstance(config, LMTrainConfig):
-        raise TypeError(f"config must be an LMTrainConfig (got {type(config).__name__}): "
-                        "train_lm(model, seqs, LMTrainConfig(steps=100))")
+        raise TypeError(
+            f"config must be an LMTrainConfig (got {type(config).__name__}): "
+            "train_lm(model, seqs, LMTrainConfig(steps=100))"
+        )
     seqs = _check_sequences("train_seqs", train_seqs)
     steps, alpha = config.steps, config.alpha
     vocab = vocab_size_of(model)
@@ -217,29 +287,47 @@ def train_lm(
         for name, group in (("train_seqs", seqs), ("val_seqs", val_seqs or [])):
             worst = max((max(s) for s in group), default=0)
             if worst >= vocab:
-                raise ValueError(f"{name} holds token id {worst} but the model's vocabulary has {vocab} ids: "
-                                 "use the tokenizer the model was built for")
+                raise ValueError(
+                    f"{name} holds token id {worst} but the model's vocabulary has {vocab} ids: "
+                    "use the tokenizer the model was built for"
+                )
     if teacher_logits is not None:
         if len(teacher_logits) != len(seqs):
-            raise ValueError(f"teacher_logits must hold one tensor per sequence ({len(seqs)}; got {len(teacher_logits)})")
-        bad = [i for i, (t, s) in enumerate(zip(teacher_logits, seqs, strict=True))
-               if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != len(s)]
+            raise ValueError(
+                f"teacher_logits must hold one tensor per sequence ({len(seqs)}; got {len(teacher_logits)})"
+            )
+        bad = [
+            i
+            for i, (t, s) in enumerate(zip(teacher_logits, seqs, strict=True))
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != len(s)
+        ]
         if bad:
-            raise ValueError(f"teacher_logits[{bad[0]}] must have shape (len(train_seqs[{bad[0]}]), vocab)")
+            raise ValueError(
+                f"teacher_logits[{bad[0]}] must have shape (len(train_seqs[{bad[0]}]), vocab)"
+            )
     elif alpha != 1.0:
-        raise ValueError(f"config.alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)")
+        raise ValueError(
+            f"config.alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)"
+        )
     eval_every = steps
     if val_seqs is not None:
         val_seqs = _check_sequences("val_seqs", val_seqs)
         eval_every = steps if config.eval_every is None else config.eval_every
     device = get_device() if device is None else torch.device(device)
     model.to(device)
-    optimizer, scheduler = adamw_with_warmup(model.parameters(), config.lr, config.weight_decay, steps,
-                                             config.warmup_ratio)
+    optimizer, scheduler = adamw_with_warmup(
+        model.parameters(), config.lr, config.weight_decay, steps, config.warmup_ratio
+    )
     step_fn = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm)
     gen = torch.Generator().manual_seed(config.seed)
-    history: dict[str, Any] = {"step": [], "train_loss": [], "val_perplexity": [], "best_step": steps,
-                               "best_val_perplexity": None, "tokens_seen": 0}
+    history: dict[str, Any] = {
+        "step": [],
+        "train_loss": [],
+        "val_perplexity": [],
+        "best_step": steps,
+        "best_val_perplexity": None,
+        "tokens_seen": 0,
+    }
     best, window = KeepBest(higher_is_better=False), []
     order: list[list[int]] = []
     start = time.perf_counter()
@@ -257,7 +345,9 @@ def train_lm(
                 teacher = _pad_logits([teacher_logits[i] for i in rows], ids.shape[1]).to(device)
             with autocast(device):
                 logits = lm_logits(model, ids, mask)
-            loss = lm_loss(logits.float(), ids, mask, teacher, alpha=alpha, temperature=config.temperature)
+            loss = lm_loss(
+                logits.float(), ids, mask, teacher, alpha=alpha, temperature=config.temperature
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr?")
             step_fn(loss)
@@ -297,7 +387,8 @@ def load_or_train_lm(
     train: Callable[[nn.Module], Mapping[str, Any]],
     folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Load `model`'s weights from checkpoint `name` if it exists, else run train(model) and save them; returns the record."""
+    """Load `model`'s weights from checkpoint `name` if it exists, else run train(model) and save them;
+    returns the record."""
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a plain file stem (got {name!r})")
     stem = (checkpoints_dir() if folder is None else Path(folder)) / name
@@ -307,7 +398,9 @@ def load_or_train_lm(
         try:
             record = load_checkpoint(model, stem)
             return {"trained_now": False, **record}
-        except Exception:  # damaged or incompatible checkpoint: undo any partial load, train again, overwrite it
+        except (
+            Exception
+        ):  # damaged or incompatible checkpoint: undo any partial load, train again, overwrite it
             model.load_state_dict(fresh)
     history = dict(train(model))
     save_checkpoint(model, stem, {"history": history})
@@ -323,29 +416,50 @@ def course_teacher(
     device: torch.device | str | None = None,
     folder: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Chapter 10's teacher LM (`settings` from LM_PROFILE_SETTINGS): loaded from its checkpoint, else trained and saved."""
+    """Chapter 10's teacher LM (`settings` from LM_PROFILE_SETTINGS): loaded from its checkpoint, else
+    trained and saved."""
     _check_settings(settings)
-    model = make_lm(vocab_size, n_positions=settings.max_len, dropout=0.0, seed=seed, **asdict(settings.teacher))
+    model = make_lm(
+        vocab_size, n_positions=settings.max_len, dropout=0.0, seed=seed, **asdict(settings.teacher)
+    )
     name = _lm_teacher_name(settings, vocab_size, seed, train_seqs)
-    config = LMTrainConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, lr=settings.lr,
-                           eval_every=max(1, settings.teacher_steps // 5), seed=seed)
-    record = load_or_train_lm(model, name, lambda m: train_lm(
-        m, train_seqs, config, val_seqs=val_seqs, device=device, desc="teacher"), folder)
-    return model.to(get_device() if device is None else torch.device(device)), {"checkpoint": name, **record}
+    config = LMTrainConfig(
+        steps=settings.teacher_steps,
+        batch_size=settings.teacher_batch,
+        lr=settings.lr,
+        eval_every=max(1, settings.teacher_steps // 5),
+        seed=seed,
+    )
+    record = load_or_train_lm(
+        model,
+        name,
+        lambda m: train_lm(m, train_seqs, config, val_seqs=val_seqs, device=device, desc="teacher"),
+        folder,
+    )
+    return model.to(get_device() if device is None else torch.device(device)), {
+        "checkpoint": name,
+        **record,
+    }
 
 
-def _lm_teacher_name(settings: LMSettings, vocab_size: int, seed: int, train_seqs: Sequence[Sequence[int]]) -> str:
+def _lm_teacher_name(
+    settings: LMSettings, vocab_size: int, seed: int, train_seqs: Sequence[Sequence[int]]
+) -> str:
     """The teacher's checkpoint stem: a hash of its LM_TEACHER_KEYS settings, seed, vocabulary and data."""
     values = asdict(settings)
     key = {k: values[k] for k in LM_TEACHER_KEYS}
-    return f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
+    return (
+        f"lm-teacher-{lm_fingerprint({**key, 'seed': seed, 'vocab_size': vocab_size}, train_seqs)}"
+    )
 
 
 def _check_settings(settings: object) -> None:
     """Refuse anything but an LMSettings (old string-keyed dicts included), naming the fix."""
     if not isinstance(settings, LMSettings):
-        raise TypeError(f"settings must be an LMSettings (got {type(settings).__name__}): take one from "
-                        "kdhelpers.chapters.lm.LM_PROFILE_SETTINGS, varied with dataclasses.replace")
+        raise TypeError(
+            f"settings must be an LMSettings (got {type(settings).__name__}): take one from "
+            "kdhelpers.chapters.lm.LM_PROFILE_SETTINGS, varied with dataclasses.replace"
+        )
 
 
 def course_student(
@@ -362,14 +476,31 @@ def course_student(
     device: torch.device | str | None = None,
     desc: str = "student",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh chapter-10 student (`settings.student` sizes unless `sizes`), trained on text or by KD; (model, history)."""
+    """A fresh chapter-10 student (`settings.student` sizes unless `sizes`), trained on text or by KD;
+    (model, history)."""
     _check_settings(settings)
     sizes = settings.student if sizes is None else sizes
     if not isinstance(sizes, LMSize):
-        raise TypeError(f"sizes must be an LMSize (got {type(sizes).__name__}): e.g. LMSize(n_layer=1, n_embd=16, n_head=2)")
+        raise TypeError(
+            f"sizes must be an LMSize (got {type(sizes).__name__}): e.g. LMSize(n_layer=1, n_embd=16, n_head=2)"
+        )
     model = make_lm(vocab_size, n_positions=settings.max_len, seed=seed, **asdict(sizes))
-    config = LMTrainConfig(steps=settings.student_steps, batch_size=settings.batch_size, lr=settings.lr, alpha=alpha,
-                           temperature=temperature, eval_every=settings.eval_every, seed=seed)
-    history = train_lm(model, train_seqs, config, teacher_logits=teacher_logits, val_seqs=val_seqs, device=device,
-                       desc=desc)
+    config = LMTrainConfig(
+        steps=settings.student_steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        alpha=alpha,
+        temperature=temperature,
+        eval_every=settings.eval_every,
+        seed=seed,
+    )
+    history = train_lm(
+        model,
+        train_seqs,
+        config,
+        teacher_logits=teacher_logits,
+        val_seqs=val_seqs,
+        device=device,
+        desc=desc,
+    )
     return model, history
