@@ -115,6 +115,8 @@ def test_readme_commands_and_ci_agree():
     assert re.search(r"^pytest$", readme, re.M), "README must show the test command `pytest`"
     assert re.search(r"^pytest$", ci, re.M), ".ci/run must call the README's test command"
     assert "-c .ci/constraints.txt -r requirements.txt" in ci
+    for check in ("ruff check .", "ruff format --check ."):  # linters and formatter, notebooks too
+        assert re.search(rf"^{re.escape(check)}$", ci, re.M), f".ci/run must run `{check}`"
     assert "torch==2.13.0" in (ROOT / ".ci" / "constraints.txt").read_text()
 
 
