@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -17,7 +18,9 @@ from kdhelpers.paths import committed_results_dir, results_dir
 
 
 def _plain(value: Any) -> Any:
-    """Convert tensors and numpy scalars to JSON-friendly Python values."""
+    """Convert tensors, numpy scalars and dataclasses (settings, configs) to JSON-friendly values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if hasattr(value, "item") and callable(value.item):
