@@ -6,11 +6,13 @@ import contextlib
 import os
 import platform
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from kdhelpers.validate import check_seed
 
 _VALID_DEVICES = ("cuda", "mps", "cpu")
 
@@ -49,6 +51,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block on torch's RNG seeded with `seed`, then give the caller back its own RNG state."""
+    seed = check_seed("seed", seed)
+    # torch.manual_seed also seeds every CUDA generator, so all of them are forked and restored
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -16,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdhelpers.checkpoints import save_checkpoint
-from kdhelpers.device import autocast, get_device, grad_scaler, to_device
+from kdhelpers.device import autocast, get_device, grad_scaler, seeded, to_device
 from kdhelpers.losses import distillation_loss
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
@@ -25,7 +26,9 @@ from kdhelpers.validate import (
     check_float_tensor,
     check_int,
     check_number,
+    check_optimiser_settings,
     check_optional_positive,
+    check_seed,
     check_token_ids,
     vocab_size_of,
 )
@@ -47,19 +50,14 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     patience: int | None = 2
     use_amp: bool = True
+    #: seeds the dropout masks of the run (the caller's RNG is given back); None draws from the caller's RNG
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs, 1))
-        object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, strict_min=True))
-        object.__setattr__(
-            self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0)
-        )
-        object.__setattr__(
-            self, "warmup_ratio", check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        )
-        object.__setattr__(
-            self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm)
-        )
+        check_optimiser_settings(self)
+        if self.seed is not None:
+            check_seed("seed", self.seed)
         if self.patience is not None:
             object.__setattr__(self, "patience", check_int("patience", self.patience, 0))
         if not isinstance(self.use_amp, bool):
@@ -332,34 +330,37 @@ def fit(
         "epoch_seconds": [],
     }
     best, bad_epochs, epochs = KeepBest(higher_is_better=True), 0, config.epochs
-    for epoch in range(1, epochs + 1):
-        model.train()
-        start, losses = time.perf_counter(), []
-        for batch in progress_bar(train_loader, f"{desc} {epoch}/{epochs}"):
-            batch = to_device(batch, device)
-            with autocast(device, enabled=config.use_amp):
-                logits = forward_logits(model, batch)
-            loss = loss_fn(logits.float(), batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower lr?")
-            step(loss)
-            losses.append(loss.item())
-        history["epoch_seconds"].append(time.perf_counter() - start)
-        history["train_loss"].append(sum(losses) / len(losses))
-        check_finite_parameters(model, f"epoch {epoch}")
-        if val_loader is None:
-            continue
-        metrics = evaluate(model, val_loader, device)
-        history["val_accuracy"].append(metrics["accuracy"])
-        history["val_loss"].append(metrics["loss"])
-        if best.offer(model, metrics["accuracy"], epoch):
-            bad_epochs = 0
-            if checkpoint is not None:
-                save_checkpoint(model, checkpoint, {"epoch": epoch, "val_accuracy": best.value})
-        else:
-            bad_epochs += 1
-            if config.patience is not None and bad_epochs > config.patience:
-                break
+    with contextlib.nullcontext() if config.seed is None else seeded(config.seed):
+        for epoch in range(1, epochs + 1):
+            model.train()
+            start, losses = time.perf_counter(), []
+            for batch in progress_bar(train_loader, f"{desc} {epoch}/{epochs}"):
+                batch = to_device(batch, device)
+                with autocast(device, enabled=config.use_amp):
+                    logits = forward_logits(model, batch)
+                loss = loss_fn(logits.float(), batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch}: lower lr?"
+                    )
+                step(loss)
+                losses.append(loss.item())
+            history["epoch_seconds"].append(time.perf_counter() - start)
+            history["train_loss"].append(sum(losses) / len(losses))
+            check_finite_parameters(model, f"epoch {epoch}")
+            if val_loader is None:
+                continue
+            metrics = evaluate(model, val_loader, device)
+            history["val_accuracy"].append(metrics["accuracy"])
+            history["val_loss"].append(metrics["loss"])
+            if best.offer(model, metrics["accuracy"], epoch):
+                bad_epochs = 0
+                if checkpoint is not None:
+                    save_checkpoint(model, checkpoint, {"epoch": epoch, "val_accuracy": best.value})
+            else:
+                bad_epochs += 1
+                if config.patience is not None and bad_epochs > config.patience:
+                    break
     best.restore(model)
     history["best_epoch"] = best.at if val_loader is not None else epochs
     history["best_val_accuracy"] = best.value if val_loader is not None else None

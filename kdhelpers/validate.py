@@ -219,3 +219,16 @@ def check_token_lists(name: str, seqs: object) -> list[list[int]]:
                 )
         out.append([int(tok) for tok in row])
     return out
+
+
+def check_optimiser_settings(config: Any) -> None:
+    """Check a frozen config's lr, weight_decay, warmup_ratio and max_grad_norm (those it has), in place."""
+    checks = {
+        "lr": lambda v: check_number("lr", v, 0.0, strict_min=True),
+        "weight_decay": lambda v: check_number("weight_decay", v, 0.0),
+        "warmup_ratio": lambda v: check_number("warmup_ratio", v, 0.0, 1.0),
+        "max_grad_norm": lambda v: check_optional_positive("max_grad_norm", v),
+    }
+    for name, check in checks.items():
+        if hasattr(config, name):
+            object.__setattr__(config, name, check(getattr(config, name)))

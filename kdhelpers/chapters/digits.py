@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdhelpers.device import seeded
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import count_parameters  # noqa: F401  (re-exported for chapter 01)
 from kdhelpers.train import OptimiserStep
@@ -244,9 +246,7 @@ def make_mlp(
     dropout = _check_number("dropout", dropout)
     if dropout >= 1.0:
         raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(check_seed("seed", seed))
+    with contextlib.nullcontext() if seed is None else seeded(seed):
         layers: list[nn.Module] = []
         size = in_features
         for width in widths:
@@ -336,9 +336,8 @@ def train_model(
     if val is not None:
         history["val accuracy"] = []
     step = n if batch_size is None else batch_size
-    rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout masks
+    # dropout masks come from a seed drawn from `gen`; the caller's RNG is given back afterwards
+    with seeded(int(torch.randint(0, 2**31 - 1, (1,), generator=gen))):
         for _ in range(epochs):
             model.train()
             order = torch.randperm(n, generator=gen).to(device) if batch_size else None

@@ -28,11 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from kdhelpers.batching import TextExamples, pad_collate
-from kdhelpers.device import pin_memory_default
+from kdhelpers.device import pin_memory_default, seeded
 from kdhelpers.losses import kd_kl
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import CachedLogits, cache_logits
 from kdhelpers.train import OptimiserStep, adamw_with_warmup, forward_logits
+from kdhelpers.validate import check_optimiser_settings
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class DistillConfig:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number (got {self.lr!r})")
+        check_optimiser_settings(self)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
         if self.normalisation not in ("step", "micro-batch"):
@@ -198,82 +198,82 @@ def distill_accelerate(
             f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}"
         )
     steps_per_epoch = math.ceil(n_used // config.micro_batch_size / config.grad_accum)
-    torch.manual_seed(config.seed)
-    optimizer, scheduler = adamw_with_warmup(
-        model.parameters(),
-        config.lr,
-        config.weight_decay,
-        config.epochs * steps_per_epoch,
-        config.warmup_ratio,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Accelerate does the backward (and any loss scaling) and the clipping; the step is the shared one
-    step = OptimiserStep(
-        optimizer,
-        scheduler,
-        tuple(model.parameters()),
-        config.max_grad_norm or None,
-        backward_fn=accelerator.backward,
-        clip_fn=accelerator.clip_grad_norm_,
-    )
-    history: dict[str, Any] = {
-        "step_loss": [],
-        "epoch_loss": [],
-        "world_size": world,
-        "config": asdict(config),
-    }
-    for epoch in range(config.epochs):
-        model.train()
-        # whole micro-batches only, so that every rank gets micro_batch_size / world examples per pass
-        order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
-        loader = accelerator.prepare_data_loader(
-            DataLoader(
-                order,
-                batch_size=config.micro_batch_size,
-                shuffle=False,
-                collate_fn=lambda f: pad_collate(f, pad_id),
-                pin_memory=pin_memory_default(accelerator.device),
-            )
+    with seeded(config.seed):  # dropout masks; the caller's RNG is given back afterwards
+        optimizer, scheduler = adamw_with_warmup(
+            model.parameters(),
+            config.lr,
+            config.weight_decay,
+            config.epochs * steps_per_epoch,
+            config.warmup_ratio,
         )
-        epoch_losses = []
-        for window in progress_bar(
-            _windows(loader, config.grad_accum),
-            f"epoch {epoch + 1}/{config.epochs}",
-            enabled=accelerator.is_main_process,
-        ):
-            # count the step's examples first (from the labels, before any forward pass), over all ranks
-            local = torch.tensor(
-                [
-                    float(sum(int((b["labels"] >= 0).sum()) for b in window)),
-                    float(sum(len(b["labels"]) for b in window)),
-                ],
-                device=accelerator.device,
+        model, optimizer = accelerator.prepare(model, optimizer)
+        # Accelerate does the backward (and any loss scaling) and the clipping; the step is the shared one
+        step = OptimiserStep(
+            optimizer,
+            scheduler,
+            tuple(model.parameters()),
+            config.max_grad_norm or None,
+            backward_fn=accelerator.backward,
+            clip_fn=accelerator.clip_grad_norm_,
+        )
+        history: dict[str, Any] = {
+            "step_loss": [],
+            "epoch_loss": [],
+            "world_size": world,
+            "config": asdict(config),
+        }
+        for epoch in range(config.epochs):
+            model.train()
+            # whole micro-batches only, so that every rank gets micro_batch_size / world examples per pass
+            order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
+            loader = accelerator.prepare_data_loader(
+                DataLoader(
+                    order,
+                    batch_size=config.micro_batch_size,
+                    shuffle=False,
+                    collate_fn=lambda f: pad_collate(f, pad_id),
+                    pin_memory=pin_memory_default(accelerator.device),
+                )
             )
-            n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
-            total = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(window):
-                last = i == len(window) - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    parts = kd_loss_parts(
-                        forward_logits(model, batch).float(),
-                        batch["teacher_logits"],
-                        batch["labels"],
-                        config.temperature,
-                    )
-                    if config.normalisation == "step":
-                        loss = step_loss(parts, n_labelled, n, config.alpha, world)
-                    else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
-                        loss = step_loss(
-                            parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha
-                        ) / len(window)
-                    step.backward(loss)
-                total += loss.detach() / world
-            step.update()
-            step.zero_grad()
-            mean_loss = float(accelerator.reduce(total, "sum").item())
-            history["step_loss"].append(mean_loss)
-            epoch_losses.append(mean_loss)
-        history["epoch_loss"].append(sum(epoch_losses) / len(epoch_losses))
+            epoch_losses = []
+            for window in progress_bar(
+                _windows(loader, config.grad_accum),
+                f"epoch {epoch + 1}/{config.epochs}",
+                enabled=accelerator.is_main_process,
+            ):
+                # count the step's examples first (from the labels, before any forward pass), over all ranks
+                local = torch.tensor(
+                    [
+                        float(sum(int((b["labels"] >= 0).sum()) for b in window)),
+                        float(sum(len(b["labels"]) for b in window)),
+                    ],
+                    device=accelerator.device,
+                )
+                n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
+                total = torch.zeros((), device=accelerator.device)
+                for i, batch in enumerate(window):
+                    last = i == len(window) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                        parts = kd_loss_parts(
+                            forward_logits(model, batch).float(),
+                            batch["teacher_logits"],
+                            batch["labels"],
+                            config.temperature,
+                        )
+                        if config.normalisation == "step":
+                            loss = step_loss(parts, n_labelled, n, config.alpha, world)
+                        else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
+                            loss = step_loss(
+                                parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha
+                            ) / len(window)
+                        step.backward(loss)
+                    total += loss.detach() / world
+                step.update()
+                step.zero_grad()
+                mean_loss = float(accelerator.reduce(total, "sum").item())
+                history["step_loss"].append(mean_loss)
+                epoch_losses.append(mean_loss)
+            history["epoch_loss"].append(sum(epoch_losses) / len(epoch_losses))
     return history
 
 

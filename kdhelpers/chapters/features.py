@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import pad_collate
-from kdhelpers.device import autocast, get_device
+from kdhelpers.device import autocast, get_device, seeded
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import length_sorted_batches
 from kdhelpers.train import LossFn, make_kd_loss
-from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
+from kdhelpers.validate import check_int, check_number, check_token_lists
 
 #: What a student matches besides the teacher's logits: nothing, hidden states (MSE or cosine), attention maps.
 FEATURE_KINDS = ("logits", "mse", "cosine", "attention")
@@ -272,10 +272,10 @@ class FeatureStudent(nn.Module):
                 raise ValueError(
                     f"kind={kind!r} needs teacher_width, a positive int (got {teacher_width!r})"
                 )
-            torch.manual_seed(check_seed("seed", seed))
-            self.projections = nn.ModuleList(
-                nn.Linear(config.hidden_size, teacher_width) for _ in self.layer_map
-            )
+            with seeded(seed):
+                self.projections = nn.ModuleList(
+                    nn.Linear(config.hidden_size, teacher_width) for _ in self.layer_map
+                )
         if attention_dropout is not None:
             set_attention_dropout(model, attention_dropout)
         if kind == "attention":

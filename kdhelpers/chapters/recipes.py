@@ -24,6 +24,7 @@ from kdhelpers.checkpoints import (
     save_checkpoint,
 )
 from kdhelpers.data import load_sentiment
+from kdhelpers.device import seeded
 from kdhelpers.models import (
     BagOfEmbeddingsStudent,
     CNNStudent,
@@ -389,19 +390,15 @@ def make_student(
     seed: int = 0,
     **sizes: Any,
 ) -> nn.Module:
-    """A fresh seeded student: 'bag', 'cnn' or 'tiny-bert'; word embeddings from the teacher (or a
-    projected table) when given."""
+    """A fresh student ('bag', 'cnn', 'tiny-bert') built from `seed`, leaving the caller's RNG alone; bag and
+    cnn copy word embeddings from `teacher` (a model or a projected table) when given."""
 
     if kind not in STUDENT_KINDS:
         raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
-    torch.manual_seed(check_seed("seed", seed))
-    if kind == "bag":
-        model = BagOfEmbeddingsStudent(vocab_size, **sizes)
-    elif kind == "cnn":
-        model = CNNStudent(vocab_size, **sizes)
-    else:
-        return tiny_bert_student(vocab_size, **sizes)
-    if teacher is not None:
+    builders = {"bag": BagOfEmbeddingsStudent, "cnn": CNNStudent, "tiny-bert": tiny_bert_student}
+    with seeded(seed):  # the caller's RNG is given back afterwards
+        model = builders[kind](vocab_size, **sizes)
+    if teacher is not None and kind != "tiny-bert":
         init_embeddings_from_teacher(model, teacher)
     return model
 
@@ -422,7 +419,7 @@ def train_student(
     """Train a student with the course loop (early stopping on validation accuracy); returns its history."""
     loader = make_loader(train, batch_size, shuffle=True, device=device, seed=seed)
     val = make_loader(validation.examples(), 256, device=device)
-    config = TrainConfig(epochs=epochs, lr=lr, patience=patience, warmup_ratio=0.05)
+    config = TrainConfig(epochs=epochs, lr=lr, patience=patience, warmup_ratio=0.05, seed=seed)
     return fit(model, loader, val, loss_fn, config, device=device, desc=desc)
 
 

@@ -16,7 +16,7 @@ from kdhelpers.chapters.lm.tokenizer import (
     _check_sequences,
     pad_batch,
 )
-from kdhelpers.device import autocast, get_device
+from kdhelpers.device import autocast, get_device, seeded
 from kdhelpers.losses import distillation_loss
 from kdhelpers.pseudo import length_sorted_batches
 from kdhelpers.validate import (
@@ -68,8 +68,7 @@ def make_lm(
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = GPT2LMHeadModel(config)
     return model.eval()
 

@@ -27,14 +27,14 @@ from torch import nn
 
 from kdhelpers.chapters.lm.model import lm_logits
 from kdhelpers.chapters.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_batch
-from kdhelpers.device import get_device
+from kdhelpers.device import get_device, seeded
 from kdhelpers.divergences import DIVERGENCES, Divergence, DivergenceConfig, token_divergence
 from kdhelpers.progress import progress_bar
 from kdhelpers.train import OptimiserStep
 from kdhelpers.validate import (
     check_int,
     check_number,
-    check_optional_positive,
+    check_optimiser_settings,
     check_seed,
     check_token_lists,
 )
@@ -73,7 +73,7 @@ class OnPolicyConfig:
     def __post_init__(self) -> None:
         check_int("steps", self.steps, 1)
         check_int("batch_size", self.batch_size, 1)
-        check_number("lr", self.lr, 0.0, strict_min=True)
+        check_optimiser_settings(self)
         check_number("lmbda", self.lmbda, 0.0, 1.0)
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES} (got {self.divergence!r})")
@@ -85,8 +85,6 @@ class OnPolicyConfig:
         for name in ("seq_kd", "dropout"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False (got {getattr(self, name)!r})")
-        check_number("weight_decay", self.weight_decay, 0.0)
-        check_optional_positive("max_grad_norm", self.max_grad_norm)
         if self.max_teacher_tokens is not None:
             check_int("max_teacher_tokens", self.max_teacher_tokens, 1)
         check_seed("seed", self.seed)
@@ -388,8 +386,7 @@ def distill_on_policy(
         "on_policy_steps": 0,
     }
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)  # dropout masks
+    with seeded(config.seed):  # dropout masks; the caller's RNG is given back afterwards
         for _ in progress_bar(range(config.steps), "on-policy KD"):
             if (
                 config.max_teacher_tokens is not None

@@ -21,7 +21,7 @@ from kdhelpers.chapters.lm.tokenizer import (
 )
 from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
-from kdhelpers.device import autocast, get_device
+from kdhelpers.device import autocast, get_device, seeded
 from kdhelpers.paths import checkpoints_dir
 from kdhelpers.progress import progress_bar
 from kdhelpers.train import (
@@ -34,7 +34,7 @@ from kdhelpers.train import (
 from kdhelpers.validate import check_int as _check_int
 from kdhelpers.validate import (
     check_number,
-    check_optional_positive,
+    check_optimiser_settings,
     check_seed,
     vocab_size_of,
 )
@@ -199,12 +199,7 @@ class LMTrainConfig:
         _check_int("steps", self.steps, 1)
         _check_int("batch_size", self.batch_size, 1)
         check_seed("seed", self.seed)
-        check_number("lr", self.lr, 0.0, strict_min=True)
-        check_number("weight_decay", self.weight_decay, 0.0)
-        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        object.__setattr__(
-            self, "max_grad_norm", check_optional_positive("max_grad_norm", self.max_grad_norm)
-        )
+        check_optimiser_settings(self)
         check_number("alpha", self.alpha, 0.0, 1.0)
         check_number("temperature", self.temperature, 0.0, strict_min=True)
         if self.eval_every is not None:
@@ -331,8 +326,7 @@ def train_lm(
     best, window = KeepBest(higher_is_better=False), []
     order: list[list[int]] = []
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)  # dropout masks
+    with seeded(config.seed):  # dropout masks; the caller's RNG is given back afterwards
         model.train()
         for step in progress_bar(range(1, steps + 1), desc):
             if not order:
