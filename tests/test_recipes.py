@@ -10,7 +10,9 @@ from kdhelpers.chapters.recipes import (
     PROFILE_SETTINGS,
     CourseSettings,
     _teacher_name,
+    course_data,
     course_settings,
+    course_teacher,
     load_or_train_teacher,
     split_accuracy,
     teacher_logits,
@@ -184,3 +186,20 @@ def test_impossible_checkpoint_folder_names_kd_checkpoint_dir(splits, tmp_path, 
     monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path / "file" / "checkpoints"))
     with pytest.raises(UnwritableFolderError, match="KD_CHECKPOINT_DIR"):
         load_or_train_teacher(SETTINGS, splits, "cpu")
+
+
+def test_course_teacher_is_the_four_steps_every_chapter_used_to_repeat(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path))
+    settings = replace(SETTINGS, n_validation=16, n_test=16, n_unlabeled=20)
+    torch.manual_seed(0)
+    teacher, tokenizer, splits, dataset, info = course_teacher(settings, "cpu")
+    assert info["trained_now"] and (tmp_path / f"{info['checkpoint']}.safetensors").exists()
+    assert len(dataset["unlabeled"]) == 20 and set(splits) == set(dataset)
+    assert splits["train"].ids == list(dataset["train"]["id"])
+    # by hand: the same data, tokens and (reloaded) teacher
+    by_hand = tokenize_splits(course_data(settings), tokenizer, max_length=settings.max_length)
+    assert by_hand["test"].input_ids == splits["test"].input_ids
+    again, _, _, _, info2 = course_teacher(settings, "cpu")
+    assert not info2["trained_now"]
+    for a, b in zip(teacher.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -298,6 +298,26 @@ def load_or_train_teacher(
     record = {"settings": asdict(settings), "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
     return model, {"trained_now": True, "checkpoint": stem.name, "reason": reason, **record}
+
+
+class CourseTeacher(NamedTuple):
+    """What a text chapter starts from: the fine-tuned teacher, its tokenizer, the tokenized splits,
+    the raw DatasetDict and how the teacher was obtained (load_or_train_teacher's info)."""
+
+    teacher: nn.Module
+    tokenizer: Any
+    splits: dict[str, TextSplit]
+    dataset: Any
+    info: dict[str, Any]
+
+
+def course_teacher(settings: CourseSettings, device: torch.device | str) -> CourseTeacher:
+    """The data of `settings`, tokenized, and chapter 03's teacher for it (its checkpoint, else trained now)."""
+    dataset = course_data(settings)
+    _, tokenizer = load_teacher(None)
+    splits = tokenize_splits(dataset, tokenizer, max_length=settings.max_length)
+    teacher, info = load_or_train_teacher(settings, splits, device)
+    return CourseTeacher(teacher, tokenizer, splits, dataset, info)
 
 
 def teacher_logits(
