@@ -386,7 +386,7 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
     )
     seqs = tok.encode_batch(["a cat sat", "the dog ran", "a bird flew", "cats and dogs"])
     val = seqs[:2]
-    model, hist = lm.course_student(tok.vocab_size, seqs, val, settings, seed=3, device="cpu")
+    model, hist = lm.lm_student(tok.vocab_size, seqs, val, settings, seed=3, device="cpu")
     c = model.config
     assert (c.n_layer, c.n_embd, c.n_head, c.n_positions, c.vocab_size) == (
         2,
@@ -401,7 +401,7 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
     assert math.isclose(
         lm.perplexity(model, val, device="cpu"), hist["best_val_perplexity"], rel_tol=1e-6
     )
-    tiny_model, _ = lm.course_student(
+    tiny_model, _ = lm.lm_student(
         tok.vocab_size, seqs, val, settings, sizes=settings.tiny, device="cpu"
     )
     assert (tiny_model.config.n_layer, tiny_model.config.n_embd) == (1, 16)
@@ -417,7 +417,7 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
     teacher = lm.token_logits(
         tiny(tok.vocab_size, n_positions=40), seqs, device="cpu", dtype=torch.float32
     )
-    lm.course_student(
+    lm.lm_student(
         tok.vocab_size,
         seqs,
         val,
@@ -440,7 +440,7 @@ def test_course_student_follows_the_student_settings(tok, monkeypatch):
         steps=4, batch_size=2, lr=5e-3, alpha=0.25, temperature=3.0, eval_every=2, seed=4
     )
     with pytest.raises(TypeError, match="LMSettings"):
-        lm.course_student(tok.vocab_size, seqs, seqs[:2], {"max_len": 64})
+        lm.lm_student(tok.vocab_size, seqs, seqs[:2], {"max_len": 64})
 
 
 def test_lm_settings_are_frozen_and_keep_the_teacher_checkpoint_names():

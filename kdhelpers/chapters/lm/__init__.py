@@ -42,10 +42,10 @@ from kdhelpers.chapters.lm.training import (  # noqa: F401
     LMSettings,
     LMSize,
     LMTrainConfig,
-    course_student,
-    course_teacher,
     course_texts,
     lm_fingerprint,
+    lm_student,
+    lm_teacher,
     load_or_train_lm,
     train_lm,
 )

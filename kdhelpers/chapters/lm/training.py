@@ -401,7 +401,7 @@ def load_or_train_lm(
     return {"trained_now": True, "history": history}
 
 
-def course_teacher(
+def lm_teacher(
     vocab_size: int,
     train_seqs: Sequence[Sequence[int]],
     val_seqs: Sequence[Sequence[int]],
@@ -456,7 +456,7 @@ def _check_settings(settings: object) -> None:
         )
 
 
-def course_student(
+def lm_student(
     vocab_size: int,
     train_seqs: Sequence[Sequence[int]],
     val_seqs: Sequence[Sequence[int]],
