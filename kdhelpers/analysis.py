@@ -7,17 +7,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from kdhelpers.validate import check_float_tensor
+
 
 def _check_float_tensor(name: str, x: object) -> torch.Tensor:
-    """Validate a non-empty, finite floating-point tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (got {type(x).__name__})")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (got dtype {x.dtype})")
+    """A finite floating-point tensor (validate.check_float_tensor) that is not empty."""
+    x = check_float_tensor(name, x)
     if x.dim() == 0 or x.numel() == 0:
         raise ValueError(f"{name} must be a non-empty tensor with at least one dimension")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
     return x
 
 

@@ -32,6 +32,7 @@ from kdhelpers.fetch import (
 )
 from kdhelpers.folders import UnwritableFolderError
 from kdhelpers.hub import hub_offline_reason
+from kdhelpers.validate import check_seed
 
 if TYPE_CHECKING:
     import datasets
@@ -283,13 +284,6 @@ def _resolve_sizes(
     return sizes
 
 
-def _check_seed(seed: object) -> int:
-    """Validate a non-negative int seed."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int (got {seed!r})")
-    return int(seed)
-
-
 def load_sentiment(
     domain: str = "movies",
     seed: int = 0,
@@ -315,7 +309,7 @@ def load_sentiment(
     source files are sorted by score), so its first rows are a fair sample of it.
     """
     _check_domain(domain)
-    seed = _check_seed(seed)
+    seed = check_seed("seed", seed)
     if domain in HUB_DOMAINS:
         return _load_hub(domain, seed, n_train, n_validation, n_test)
     import datasets

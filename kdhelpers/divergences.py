@@ -28,7 +28,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from kdhelpers.validate import check_float_tensor, check_int, check_number, to_device_of
+from kdhelpers.validate import (
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_temperature,
+    to_device_of,
+)
 
 #: The divergences `token_divergence` knows.
 DIVERGENCES = ("forward", "reverse", "jsd")
@@ -80,11 +86,6 @@ def _check_beta(beta: object) -> float:
     return check_number("beta", beta, 0.0, 1.0)
 
 
-def _check_temperature(temperature: object) -> float:
-    """A finite number > 0."""
-    return check_number("temperature", temperature, 0.0, strict_min=True)
-
-
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / T) in float32 or wider."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
@@ -120,7 +121,7 @@ def forward_kl(
     """KL(teacher_T || student_T) summed over the vocabulary, averaged over masked-in positions (mode-covering)."""
     s, t = _check_pair(student_logits, teacher_logits)
     mask = _check_positions_mask(mask, s)
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature("temperature", temperature)
     return _reduce(_kl(_log_probs(t.detach(), temperature), _log_probs(s, temperature)), mask)
 
 
@@ -133,7 +134,7 @@ def reverse_kl(
     """KL(student_T || teacher_T) summed over the vocabulary, averaged over masked-in positions (mode-seeking)."""
     s, t = _check_pair(student_logits, teacher_logits)
     mask = _check_positions_mask(mask, s)
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature("temperature", temperature)
     return _reduce(_kl(_log_probs(s, temperature), _log_probs(t.detach(), temperature)), mask)
 
 
@@ -153,7 +154,7 @@ def generalized_jsd(
     s, t = _check_pair(student_logits, teacher_logits)
     mask = _check_positions_mask(mask, s)
     beta = _check_beta(beta)
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature("temperature", temperature)
     per_position = _jsd_positions(
         _log_probs(s, temperature), _log_probs(t.detach(), temperature), beta
     )
@@ -172,7 +173,7 @@ class DivergenceConfig:
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES} (got {self.divergence!r})")
         _check_beta(self.beta)
-        _check_temperature(self.temperature)
+        check_temperature("temperature", self.temperature)
 
 
 def token_divergence(

@@ -11,11 +11,10 @@ from kdhelpers.validate import (
     check_class_labels,
     check_float_tensor,
     check_real_device,
+    check_temperature,
     to_device_of,
 )
 
-#: Accepted temperatures: outside this range even float64 cannot represent logits / T or T^2 * KL.
-TEMPERATURE_RANGE = (1e-100, 1e100)
 #: The float32 formulas are used (and are accurate to ~1e-5) up to this temperature ...
 _FLOAT32_MAX_TEMPERATURE = 64.0
 #: ... and while every row's logit span (max - min) divided by T stays below this (no float32 overflow).
@@ -44,21 +43,6 @@ def _check_logits(name: str, logits: object) -> torch.Tensor:
         )
     check_float_tensor(name, logits)
     return logits
-
-
-def _check_temperature(temperature: float) -> float:
-    """Validate the softmax temperature (a finite number in TEMPERATURE_RANGE)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number (got {type(temperature).__name__})")
-    low, high = TEMPERATURE_RANGE
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0 (got {temperature})")
-    if not low <= temperature <= high:
-        raise ValueError(
-            f"temperature must lie in [{low:g}, {high:g}] (got {temperature:g}): "
-            "beyond it logits / T or T^2 * KL leave the range of float64"
-        )
-    return float(temperature)
 
 
 def _check_alpha(alpha: float) -> float:
@@ -145,7 +129,7 @@ def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     """Softmax of `logits / temperature` over the last dimension, in float32 (float64 inside when
     logits / T is huge)."""
     _check_logits("logits", logits)
-    t = _check_temperature(temperature)
+    t = check_temperature("temperature", temperature)
     if _scaled_span(t, logits) <= _FLOAT32_MAX_SCALED_SPAN:
         return F.softmax(logits.float() / t, dim=-1)
     return _log_softmax64(logits, t).exp().float()
@@ -206,7 +190,7 @@ def kd_kl(
     Computed in float32 for T <= 64 and moderate logits when float32 rounding is negligible (relative
     error below about 1e-4); otherwise (large or tiny T, near-equal teacher and student, logits near
     the float32 limit) in float64 without cancellation, returned as float32. T must lie in
-    TEMPERATURE_RANGE.
+    validate.TEMPERATURE_RANGE.
     """
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
@@ -219,7 +203,7 @@ def kd_kl(
     teacher_logits = to_device_of(
         "teacher_logits", teacher_logits, "student_logits", student_logits
     )
-    t = _check_temperature(temperature)
+    t = check_temperature("temperature", temperature)
     mask = _check_mask(mask, student_logits)
     if _fits_float32(t, student_logits, teacher_logits):
         log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)

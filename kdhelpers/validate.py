@@ -66,6 +66,28 @@ def check_number(
     return value
 
 
+#: Temperatures a softmax accepts: beyond them logits / T or T^2 * KL leave the range of float64.
+TEMPERATURE_RANGE = (1e-100, 1e100)
+
+
+def check_temperature(name: str, value: object) -> float:
+    """A softmax temperature: a finite number > 0 within TEMPERATURE_RANGE."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r})")
+    value = float(value)
+    low, high = TEMPERATURE_RANGE
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (got {value})")
+    if not low <= value <= high:
+        raise ValueError(
+            f"{name} must lie in [{low:g}, {high:g}] (got {value:g}): "
+            "beyond it logits / T or T^2 * KL leave the range of float64"
+        )
+    return value
+
+
 def check_optional_positive(name: str, value: object) -> float | None:
     """None, or a finite number > 0 (e.g. max_grad_norm: None turns clipping off; NaN or <= 0 is refused)."""
     if value is None:

@@ -185,7 +185,9 @@ def test_train_model_is_deterministic_and_learns():
     runs = []
     for _ in range(2):
         model = digits.make_mlp(4, (8,), 3, seed=0)
-        hist = digits.train_model(model, x, y, F.cross_entropy, epochs=30, lr=0.05, seed=0)
+        hist = digits.train_model(
+            model, x, y, F.cross_entropy, digits.ImageTrainConfig(epochs=30, lr=0.05, seed=0)
+        )
         runs.append((hist, model))
     (h1, m1), (h2, m2) = runs
     assert h1 == h2
@@ -202,7 +204,12 @@ def test_train_model_minibatch_seed_changes_the_order_not_the_shape():
         model = digits.make_mlp(4, (8,), 3, dropout=0.3, seed=0)
         hists.append(
             digits.train_model(
-                model, x, y, F.cross_entropy, epochs=3, batch_size=16, seed=seed, val=(x, y)
+                model,
+                x,
+                y,
+                F.cross_entropy,
+                digits.ImageTrainConfig(epochs=3, batch_size=16, seed=seed),
+                val=(x, y),
             )
         )
     assert hists[0] == hists[1]
@@ -213,14 +220,16 @@ def test_train_model_minibatch_seed_changes_the_order_not_the_shape():
 def test_train_model_shares_the_loop_with_distillation_loss():
     x, y = toy()
     teacher = digits.make_mlp(4, (16,), 3, seed=1)
-    digits.train_model(teacher, x, y, F.cross_entropy, epochs=40, lr=0.05, seed=0)
+    digits.train_model(teacher, x, y, F.cross_entropy, digits.ImageTrainConfig(epochs=40, lr=0.05))
     soft = digits.image_teacher_logits(teacher, x)
     student = digits.make_mlp(4, (4,), 3, seed=2)
 
     def loss(s, t, labels):
         return distillation_loss(s, t, labels, alpha=0.5, temperature=2.0)
 
-    hist = digits.train_model(student, x, (soft, y), loss, epochs=40, lr=0.05, seed=0)
+    hist = digits.train_model(
+        student, x, (soft, y), loss, digits.ImageTrainConfig(epochs=40, lr=0.05)
+    )
     assert hist["loss"][-1] < hist["loss"][0]
     assert digits.image_accuracy(student, x, y) >= 0.95
 
@@ -236,24 +245,32 @@ def test_train_model_shares_the_loop_with_distillation_loss():
     ],
 )
 def test_train_model_rejects_bad_settings(kwargs, error, match):
-    x, y = toy()
     with pytest.raises(error, match=match):
-        digits.train_model(digits.make_mlp(4, (4,), 3), x, y, F.cross_entropy, **kwargs)
+        digits.ImageTrainConfig(**kwargs)
+
+
+def test_train_model_names_a_missing_config():
+    x, y = toy()
+    with pytest.raises(TypeError, match="ImageTrainConfig"):
+        digits.train_model(digits.make_mlp(4, (4,), 3), x, y, F.cross_entropy, {"epochs": 2})
+    with pytest.raises(TypeError, match="ImageTrainConfig"):
+        digits.train_image_student(x, y, F.cross_entropy, 3)
 
 
 def test_train_model_checks_targets_and_loss():
     x, y = toy()
     model = digits.make_mlp(4, (4,), 3)
+    one_epoch = digits.ImageTrainConfig(epochs=1)
     with pytest.raises(ValueError, match=r"targets\[0\] must have 60 rows"):
-        digits.train_model(model, x, y[:10], F.cross_entropy, epochs=1)
+        digits.train_model(model, x, y[:10], F.cross_entropy, one_epoch)
     with pytest.raises(TypeError, match="loss_fn must be callable"):
-        digits.train_model(model, x, y, "cross_entropy", epochs=1)
+        digits.train_model(model, x, y, "cross_entropy", one_epoch)
     with pytest.raises(ValueError, match="scalar"):
         digits.train_model(
-            model, x, y, lambda s, t: F.cross_entropy(s, t, reduction="none"), epochs=1
+            model, x, y, lambda s, t: F.cross_entropy(s, t, reduction="none"), one_epoch
         )
     with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
-        digits.train_model(model, x.numpy(), y, F.cross_entropy, epochs=1)
+        digits.train_model(model, x.numpy(), y, F.cross_entropy, one_epoch)
 
 
 def test_teacher_logits_use_eval_mode_and_no_grad():
@@ -368,10 +385,7 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
             data.x_train,
             data.y_train,
             F.cross_entropy,
-            epochs=20,
-            lr=3e-3,
-            batch_size=128,
-            seed=0,
+            digits.ImageTrainConfig(epochs=20, lr=3e-3, batch_size=128, seed=0),
         )
         soft = digits.image_teacher_logits(teacher, data.x_transfer)
         student = digits.make_image_student(64, seed=0)
@@ -380,9 +394,7 @@ def test_tiny_end_to_end_is_exactly_reproducible(data):
             data.x_transfer,
             soft,
             lambda s, t: distillation_loss(s, t, None, alpha=0.0, temperature=4.0),
-            epochs=60,
-            lr=1e-2,
-            seed=0,
+            digits.ImageTrainConfig(epochs=60, lr=1e-2, seed=0),
         )
         results.append(
             (
@@ -406,7 +418,9 @@ def test_train_image_student_matches_a_hand_written_full_batch_adam_loop() -> No
 
     data = digits.load_splits("digits", seed=0)
     x, y = data.x_train, data.y_train
-    student = digits.train_image_student(x, y, F.cross_entropy, 3, epochs=5)
+    student = digits.train_image_student(
+        x, y, F.cross_entropy, digits.ImageTrainConfig(epochs=5, seed=3)
+    )
     torch.manual_seed(3)  # make_mlp's seeded init: Linear(64, 16), ReLU, Linear(16, 10)
     ref = nn.Sequential(nn.Linear(data.n_features, 16), nn.ReLU(), nn.Linear(16, 10))
     opt = torch.optim.Adam(ref.parameters(), lr=1e-2)

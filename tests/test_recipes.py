@@ -49,19 +49,36 @@ class _Ids:
         self.ids = ids
 
 
-def test_teacher_names_are_the_hashes_of_the_dict_settings_they_replaced():
-    """The names (and so the checkpoints) of the dict era: computed from the old dicts before the change."""
+def test_teacher_names_are_stable_hashes_of_the_teacher_keys():
+    """Pinned names: a change to TEACHER_KEYS or to their values renames (and so retrains) the teacher.
+    (The length-bucketed recipe and teacher_seed renamed the dict-era checkpoints on purpose.)"""
     fake = {"train": _Ids(["a", "b"]), "validation": _Ids(["c"])}
     names = [_teacher_name(course_settings(p, 0), fake) for p in ("quick", "standard", "full")]
     assert names == [
-        "teacher-movies-eb36bafbe44e",
-        "teacher-movies-73a4c1dc6b47",
-        "teacher-movies-e513f77af974",
+        "teacher-movies-99eb8833a399",
+        "teacher-movies-6cc6345e8759",
+        "teacher-movies-edfd5f1d190a",
     ]
-    assert _teacher_name(SETTINGS, fake) == "teacher-movies-02b24ba33c05"
+    name = "teacher-movies-7020ae6c9d9d"
+    assert _teacher_name(SETTINGS, fake) == name
     # a field outside TEACHER_KEYS leaves the name alone, one inside changes it
-    assert _teacher_name(replace(SETTINGS, n_test=5), fake) == "teacher-movies-02b24ba33c05"
-    assert _teacher_name(replace(SETTINGS, lr=2e-4), fake) != "teacher-movies-02b24ba33c05"
+    assert _teacher_name(replace(SETTINGS, n_test=5), fake) == name
+    assert _teacher_name(replace(SETTINGS, lr=2e-4), fake) != name
+    assert _teacher_name(replace(SETTINGS, bucket=False), fake) != name
+    # teacher_seed=None means "the data seed": the same teacher as naming that seed
+    assert _teacher_name(replace(SETTINGS, teacher_seed=0), fake) == name
+    assert _teacher_name(replace(SETTINGS, teacher_seed=1), fake) != name
+    assert replace(SETTINGS, teacher_seed=1).teacher_key()["seed"] == 0
+
+
+def test_teacher_seed_and_bucket_are_checked():
+    with pytest.raises(TypeError, match="teacher_seed"):
+        SETTINGS.replace(teacher_seed=1.0)
+    with pytest.raises(ValueError, match="teacher_seed"):
+        SETTINGS.replace(teacher_seed=-1)
+    with pytest.raises(TypeError, match="bucket"):
+        SETTINGS.replace(bucket=1)
+    assert SETTINGS.training_seed == 0 and SETTINGS.replace(teacher_seed=4).training_seed == 4
 
 
 def test_course_settings_are_frozen_checked_and_varied_with_replace():
@@ -203,3 +220,55 @@ def test_course_teacher_is_the_four_steps_every_chapter_used_to_repeat(tmp_path,
     assert not info2["trained_now"]
     for a, b in zip(teacher.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_teacher_training_is_seeded_by_its_settings_not_the_callers_rng(splits, tmp_path):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, _ = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), before), "the caller's RNG was changed"
+    torch.manual_seed(999)  # another caller state: the same teacher
+    again, _ = load_or_train_teacher(SETTINGS, splits, "cpu", folder=tmp_path / "b")
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other, info = load_or_train_teacher(
+        SETTINGS.replace(teacher_seed=1), splits, "cpu", folder=tmp_path / "a"
+    )
+    assert info["trained_now"] and info["settings"]["teacher_seed"] == 1
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+
+
+def test_student_config_checks_and_train_student_is_repeatable(splits):
+    from kdhelpers.chapters.recipes import StudentConfig, make_student, train_student
+    from kdhelpers.train import cross_entropy_loss
+
+    with pytest.raises(ValueError, match="epochs"):
+        StudentConfig(epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        StudentConfig(batch_size=0)
+    with pytest.raises(TypeError, match="bucket"):
+        StudentConfig(bucket=None)
+    with pytest.raises(TypeError, match="seed"):
+        StudentConfig(seed=0.5)
+    config = StudentConfig(epochs=2, lr=1e-2, batch_size=8, seed=3)
+    assert config.train_config().seed == 3 and config.replace(lr=0.1).lr == 0.1
+    vocab = 30522
+    runs = []
+    for _ in range(2):
+        student = make_student("bag", vocab, seed=0)
+        hist = train_student(
+            student,
+            splits["train"].examples(),
+            splits["validation"],
+            cross_entropy_loss,
+            "cpu",
+            config,
+        )
+        runs.append((hist["train_loss"], student.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1].values(), runs[1][1].values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="StudentConfig"):
+        train_student(
+            student, splits["train"].examples(), splits["validation"], cross_entropy_loss, "cpu", {}
+        )

@@ -526,7 +526,7 @@ def test_digits_helpers_refuse_nan_losses_and_out_of_range_labels():
             torch.randn(4, 3),
             torch.tensor([0, 1, 0, 1]),
             lambda logits, y: logits.sum() * float("nan"),
-            epochs=1,
+            digits.ImageTrainConfig(epochs=1),
         )
     with pytest.raises(ValueError, match="labels"):
         digits.image_accuracy(nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 5]))

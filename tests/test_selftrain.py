@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdhelpers.chapters.recipes import TextSplit, make_student
+from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student
 from kdhelpers.chapters.selftrain import (
     clean_logits,
     drop_tokens,
@@ -160,9 +160,8 @@ def test_noisy_student_round_is_seeded_learns_the_teacher_and_ignores_pool_label
     logits = torch.stack(
         [torch.zeros(64), 6 * (share_low - 0.5)], 1
     )  # a teacher that follows the labelling rule
-    kwargs = dict(
-        temperature=2.0, n_copies=2, p_drop=0.2, epochs=8, lr=2e-2, seed=0, special_ids=(1, 2)
-    )
+    config = StudentConfig(epochs=8, lr=2e-2, seed=0)
+    kwargs = dict(temperature=2.0, n_copies=2, p_drop=0.2, config=config, special_ids=(1, 2))
 
     def new():
         return make_student("bag", 40, seed=0, embed_dim=8, hidden=16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,16 +27,6 @@ from kdhelpers.validate import (
 SOURCES = ("digits", "mnist")
 SPLITS = ("train", "transfer", "val", "test")
 DEFAULT_FRACTIONS = (0.35, 0.3, 0.1, 0.25)
-
-
-def _check_int(name: str, value: object, minimum: int = 0) -> int:
-    """Validate an int argument that must be >= minimum."""
-    return check_int(name, value, minimum)
-
-
-def _check_number(name: str, value: object, minimum: float = 0.0, strict: bool = False) -> float:
-    """Validate a finite real argument that must be >= (or > when strict) minimum."""
-    return check_number(name, value, None if minimum == -math.inf else minimum, strict_min=strict)
 
 
 def _check_inputs(name: str, x: object) -> torch.Tensor:
@@ -70,7 +61,7 @@ def _check_labels(
 
 def _check_class(name: str, cls: object, n_classes: int) -> int:
     """Validate a class index in [0, n_classes)."""
-    cls = _check_int(name, cls)
+    cls = check_int(name, cls)
     if cls >= n_classes:
         raise ValueError(f"{name} must be a class index in [0, {n_classes - 1}] (got {cls})")
     return cls
@@ -141,7 +132,9 @@ def split_indices(
     seed = check_seed("seed", seed)
     if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or not fractions:
         raise TypeError("fractions must be a non-empty sequence of numbers")
-    fracs = [_check_number(f"fractions[{i}]", f, strict=True) for i, f in enumerate(fractions)]
+    fracs = [
+        check_number(f"fractions[{i}]", f, 0.0, strict_min=True) for i, f in enumerate(fractions)
+    ]
     if sum(fracs) > 1.0 + 1e-9:
         raise ValueError(f"fractions must sum to at most 1 (got {sum(fracs):.4g})")
     gen = torch.Generator().manual_seed(seed)
@@ -201,7 +194,7 @@ def load_splits(
 def few_labels(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
     """Sorted indices of `per_class` seeded examples of each class present in `labels`."""
     labels = _check_labels("labels", labels)
-    per_class = _check_int("per_class", per_class, minimum=1)
+    per_class = check_int("per_class", per_class, minimum=1)
     gen = torch.Generator().manual_seed(check_seed("seed", seed))
     picked = []
     for cls in torch.unique(labels).tolist():
@@ -220,7 +213,7 @@ def without_class(
     """The (inputs, labels) rows whose label is not `cls`."""
     inputs = _check_inputs("inputs", inputs)
     labels = _check_labels("labels", labels, n=inputs.shape[0])
-    cls = _check_int("cls", cls)
+    cls = check_int("cls", cls)
     keep = labels != cls
     if not keep.any():
         raise ValueError(f"every example has class {cls}: nothing would be left")
@@ -238,12 +231,12 @@ def make_mlp(
     seed: int | None = None,
 ) -> nn.Sequential:
     """An MLP (Linear-ReLU[-Dropout] blocks, then Linear to logits), seeded when `seed` is set."""
-    in_features = _check_int("in_features", in_features, minimum=1)
-    n_classes = _check_int("n_classes", n_classes, minimum=2)
+    in_features = check_int("in_features", in_features, minimum=1)
+    n_classes = check_int("n_classes", n_classes, minimum=2)
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise TypeError(f"hidden must be a sequence of layer widths (got {type(hidden).__name__})")
-    widths = [_check_int(f"hidden[{i}]", h, minimum=1) for i, h in enumerate(hidden)]
-    dropout = _check_number("dropout", dropout)
+    widths = [check_int(f"hidden[{i}]", h, minimum=1) for i, h in enumerate(hidden)]
+    dropout = check_number("dropout", dropout, 0.0)
     if dropout >= 1.0:
         raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
     with contextlib.nullcontext() if seed is None else seeded(seed):
@@ -294,17 +287,41 @@ def _as_target_tuple(targets: object, n: int) -> tuple[torch.Tensor, ...]:
     return tuple(items)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageTrainConfig:
+    """Settings of `train_model`: epochs of Adam, learning rate, weight decay, mini-batch size (None: full
+    batch) and the seed of the batch order and dropout masks."""
+
+    epochs: int
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs, minimum=1))
+        object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, strict_min=True))
+        object.__setattr__(
+            self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0)
+        )
+        if self.batch_size is not None:
+            object.__setattr__(
+                self, "batch_size", check_int("batch_size", self.batch_size, minimum=1)
+            )
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))
+
+    def replace(self, **changes: object) -> ImageTrainConfig:
+        """A copy with `changes` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
 def train_model(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor | Sequence[torch.Tensor],
     loss_fn: Callable[..., torch.Tensor],
+    config: ImageTrainConfig,
     *,
-    epochs: int,
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
-    batch_size: int | None = None,
-    seed: int = 0,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Train with Adam on `loss_fn(logits, *targets)`; return per-epoch 'loss' ('val accuracy')."""
@@ -312,15 +329,15 @@ def train_model(
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (got {type(loss_fn).__name__})")
+    if not isinstance(config, ImageTrainConfig):
+        raise TypeError(
+            f"config must be an ImageTrainConfig (got {type(config).__name__}): "
+            "train_model(..., ImageTrainConfig(epochs=20, lr=1e-2))"
+        )
     inputs = _check_inputs("inputs", inputs)
     n = inputs.shape[0]
     target_tuple = _as_target_tuple(targets, n)
-    epochs = _check_int("epochs", epochs, minimum=1)
-    lr = _check_number("lr", lr, strict=True)
-    weight_decay = _check_number("weight_decay", weight_decay)
-    if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, minimum=1)
-    gen = torch.Generator().manual_seed(check_seed("seed", seed))
+    gen = torch.Generator().manual_seed(config.seed)
     if val is not None:
         if not isinstance(val, (tuple, list)) or len(val) != 2:
             raise TypeError("val must be a pair (inputs, labels)")
@@ -330,15 +347,16 @@ def train_model(
     inputs = inputs.to(device)
     target_tuple = tuple(t.to(device) for t in target_tuple)
     optimiser_step = OptimiserStep(
-        torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     )
     history: dict[str, list[float]] = {"loss": []}
     if val is not None:
         history["val accuracy"] = []
+    batch_size = config.batch_size
     step = n if batch_size is None else batch_size
     # dropout masks come from a seed drawn from `gen`; the caller's RNG is given back afterwards
     with seeded(int(torch.randint(0, 2**31 - 1, (1,), generator=gen))):
-        for _ in range(epochs):
+        for _ in range(config.epochs):
             model.train()
             order = torch.randperm(n, generator=gen).to(device) if batch_size else None
             total, seen = 0.0, 0
@@ -368,15 +386,14 @@ def train_image_student(
     inputs: torch.Tensor,
     targets: torch.Tensor | Sequence[torch.Tensor],
     loss_fn: Callable[..., torch.Tensor],
-    seed: int,
-    *,
-    epochs: int,
-    lr: float = 1e-2,
+    config: ImageTrainConfig,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """A fresh seeded student (make_image_student) trained on (inputs, targets) with loss_fn; returns it."""
-    student = make_image_student(inputs.shape[1], seed=seed).to(device)
-    train_model(student, inputs, targets, loss_fn, epochs=epochs, lr=lr, seed=seed)
+    """A fresh student (make_image_student, built from config.seed) trained on (inputs, targets) with loss_fn."""
+    if not isinstance(config, ImageTrainConfig):
+        raise TypeError(f"config must be an ImageTrainConfig (got {type(config).__name__})")
+    student = make_image_student(inputs.shape[1], seed=config.seed).to(device)
+    train_model(student, inputs, targets, loss_fn, config)
     return student
 
 
@@ -388,7 +405,7 @@ def predict_image_logits(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
     inputs = _check_inputs("inputs", inputs)
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -454,7 +471,7 @@ def shift_class_logit(logits: torch.Tensor, cls: int, bias: float) -> torch.Tens
     """A copy of `logits` with `bias` added to column `cls`."""
     logits = _check_inputs("logits", logits)
     cls = _check_class("cls", cls, logits.shape[1])
-    bias = _check_number("bias", bias, minimum=-math.inf)
+    bias = check_number("bias", bias)
     out = logits.clone()
     out[:, cls] += bias
     return out
@@ -483,7 +500,7 @@ def choose_class_bias(
     if (prior is None) == (val_labels is None):
         raise ValueError("give exactly one of prior= (label-free) or val_labels= (max accuracy)")
     if prior is not None:
-        prior = _check_number("prior", prior)
+        prior = check_number("prior", prior, 0.0)
         if prior >= 1.0:
             raise ValueError(f"prior must be in [0, 1) (got {prior})")
         margins = torch.sort(_margins(val_logits.float(), cls)).values.double()

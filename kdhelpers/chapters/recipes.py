@@ -48,15 +48,29 @@ TEACHER_TRAINING_TIME = {
 }
 
 #: The settings that name and guard the teacher checkpoint (hashed as JSON, stored in its record).
-TEACHER_KEYS = ("domain", "seed", "n_train", "pooling", "max_length", "epochs", "lr", "batch_size")
+TEACHER_KEYS = (
+    "domain",
+    "seed",
+    "teacher_seed",
+    "n_train",
+    "pooling",
+    "max_length",
+    "epochs",
+    "lr",
+    "batch_size",
+    "bucket",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CourseSettings:
-    """Data and teacher settings of the text chapters (vary one with dataclasses.replace)."""
+    """Data and teacher settings of the text chapters (vary one with .replace)."""
 
     domain: str = "movies"
+    #: seeds the data split, and the teacher too unless teacher_seed is set
     seed: int = 0
+    #: seeds the teacher's new head, batch order and dropout (None: `seed`); the split stays `seed`'s
+    teacher_seed: int | None = None
     n_train: int | None
     n_validation: int | None = None
     n_test: int | None = None
@@ -66,6 +80,8 @@ class CourseSettings:
     epochs: int
     lr: float
     batch_size: int
+    #: the teacher's training batches group examples of similar length (much less padding)
+    bucket: bool = True
 
     def replace(self, **changes: Any) -> CourseSettings:
         """A copy with `changes` applied (dataclasses.replace; the copy is checked again)."""
@@ -75,6 +91,10 @@ class CourseSettings:
         if not isinstance(self.domain, str) or not self.domain:
             raise TypeError(f"domain must be a non-empty string (got {self.domain!r})")
         check_seed("seed", self.seed)
+        if self.teacher_seed is not None:
+            check_seed("teacher_seed", self.teacher_seed)
+        if not isinstance(self.bucket, bool):
+            raise TypeError(f"bucket must be True or False (got {self.bucket!r})")
         for name in ("n_train", "n_validation", "n_test", "n_unlabeled"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 0 if name == "n_unlabeled" else 1)
@@ -84,9 +104,14 @@ class CourseSettings:
             check_int(name, getattr(self, name), 1)
         check_number("lr", self.lr, 0.0, strict_min=True)
 
+    @property
+    def training_seed(self) -> int:
+        """The seed of the teacher's training: teacher_seed, else seed."""
+        return self.seed if self.teacher_seed is None else self.teacher_seed
+
     def teacher_key(self) -> dict[str, Any]:
-        """The TEACHER_KEYS fields as a dict (what names and guards the teacher checkpoint)."""
-        values = asdict(self)
+        """The TEACHER_KEYS fields as a dict, teacher_seed resolved (what names and guards the checkpoint)."""
+        values = {**asdict(self), "teacher_seed": self.training_seed}
         return {k: values[k] for k in TEACHER_KEYS}
 
 
@@ -229,7 +254,8 @@ def load_or_train_teacher(
     data_sha = hashlib.sha256(
         "\n".join("|".join(splits[name].ids) for name in ("train", "validation")).encode()
     ).hexdigest()
-    model, _ = load_teacher(None, pooling=settings.pooling)
+    with seeded(settings.training_seed):  # the head is overwritten by a checkpoint, if one verifies
+        model, _ = load_teacher(None, pooling=settings.pooling)
     weights, _ = checkpoint_paths(stem)
     if retrain:
         reason = "retrain=True: trained again"
@@ -261,13 +287,16 @@ def load_or_train_teacher(
                 return model.to(device), info
         except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
             reason = f"checkpoint refused ({exc}): trained again"
-        model, _ = load_teacher(None, pooling=settings.pooling)
     given = asdict(settings)
     profile = next(
         (
             name
             for name, values in PROFILE_SETTINGS.items()
-            if all(given[k] == v for k, v in asdict(values).items() if k not in ("domain", "seed"))
+            if all(
+                given[k] == v
+                for k, v in asdict(values).items()
+                if k not in ("domain", "seed", "teacher_seed")
+            )
         ),
         None,
     )
@@ -279,23 +308,22 @@ def load_or_train_teacher(
             TEACHER_TRAINING_TIME[profile],
             profile,
         )
+    seed = settings.training_seed
+    with seeded(seed):  # the new head's initial weights; the caller's RNG is given back
+        model, _ = load_teacher(None, pooling=settings.pooling)
     train = make_loader(
         splits["train"].examples(),
         settings.batch_size,
         shuffle=True,
         device=device,
-        seed=settings.seed,
+        seed=seed,
+        bucket=settings.bucket,
     )
     val = make_loader(splits["validation"].examples(), 128, device=device)
-    history = fit(
-        model,
-        train,
-        val,
-        config=TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1),
-        device=device,
-        desc="teacher",
-    )
-    record = {"settings": asdict(settings), "data_sha256": data_sha, "history": history}
+    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1, seed=seed)
+    history = fit(model, train, val, config=config, device=device, desc=f"teacher (seed {seed})")
+    stored = {**asdict(settings), **settings.teacher_key()}  # teacher_seed resolved
+    record = {"settings": stored, "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
     return model, {"trained_now": True, "checkpoint": stem.name, "reason": reason, **record}
 
@@ -423,24 +451,64 @@ def make_student(
     return model
 
 
+@dataclass(frozen=True, kw_only=True)
+class StudentConfig:
+    """How `train_student` trains a text student: epochs, AdamW learning rate, batch size, early-stopping
+    patience, the seed of its batch order and dropout, and length-bucketed batches."""
+
+    epochs: int = 8
+    lr: float = 2e-3
+    batch_size: int = 64
+    patience: int | None = 2
+    seed: int = 0
+    bucket: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, 1)
+        if not isinstance(self.bucket, bool):
+            raise TypeError(f"bucket must be True or False (got {self.bucket!r})")
+        self.train_config()  # checks epochs, lr, patience and seed now, naming the bad one
+
+    def replace(self, **changes: Any) -> StudentConfig:
+        """A copy with `changes` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig of `fit` (5% warm-up, AdamW's default weight decay, clipping at 1)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            patience=self.patience,
+            warmup_ratio=0.05,
+            seed=self.seed,
+        )
+
+
 def train_student(
     model: nn.Module,
     train: TextExamples,
     validation: TextSplit,
     loss_fn: Any,
     device: torch.device | str,
-    epochs: int = 8,
-    lr: float = 2e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    patience: int | None = 2,
+    config: StudentConfig = StudentConfig(),
     desc: str = "student",
 ) -> dict[str, Any]:
     """Train a student with the course loop (early stopping on validation accuracy); returns its history."""
-    loader = make_loader(train, batch_size, shuffle=True, device=device, seed=seed)
+    if not isinstance(config, StudentConfig):
+        raise TypeError(
+            f"config must be a StudentConfig (got {type(config).__name__}): "
+            "train_student(..., config=StudentConfig(epochs=8, lr=2e-3, seed=0))"
+        )
+    loader = make_loader(
+        train,
+        config.batch_size,
+        shuffle=True,
+        device=device,
+        seed=config.seed,
+        bucket=config.bucket,
+    )
     val = make_loader(validation.examples(), 256, device=device)
-    config = TrainConfig(epochs=epochs, lr=lr, patience=patience, warmup_ratio=0.05, seed=seed)
-    return fit(model, loader, val, loss_fn, config, device=device, desc=desc)
+    return fit(model, loader, val, loss_fn, config.train_config(), device=device, desc=desc)
 
 
 def model_report(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples
-from kdhelpers.chapters.recipes import TextSplit, concat_splits, train_student
+from kdhelpers.chapters.recipes import StudentConfig, TextSplit, concat_splits, train_student
 from kdhelpers.pseudo import predict_logits
 from kdhelpers.train import make_kd_loss
 
@@ -141,6 +141,10 @@ def noisy_student_set(
     return TextExamples(ids, None, torch.cat(parts))
 
 
+#: The default training of a noisy student round.
+NOISY_STUDENT_CONFIG = StudentConfig(epochs=8, lr=1e-3)
+
+
 def noisy_student_round(
     teacher_logits: torch.Tensor,
     pool: TextSplit,
@@ -150,27 +154,25 @@ def noisy_student_round(
     temperature: float = 2.0,
     n_copies: int = 2,
     p_drop: float = 0.1,
-    epochs: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
+    config: StudentConfig = NOISY_STUDENT_CONFIG,
     desc: str = "noisy student",
     *,
     special_ids: Sequence[int],
-    **train_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh student (from `new_student()`) on the pool's soft targets with token dropping and dropout.
 
     `teacher_logits` are the current teacher's clean logits on `pool` (see clean_logits); `pool`'s gold
     labels are never used; `special_ids` (e.g. `tokenizer.all_special_ids`) are never dropped. Early
     stopping runs on `validation` (a labelled split of another domain, or any split whose labels may be
-    used for selection). Returns the trained student and its history.
+    used for selection). `config.seed` seeds the token dropping too. Returns the trained student and
+    its history.
     """
     if not isinstance(pool, TextSplit) or not isinstance(validation, TextSplit):
         raise TypeError(
             "pool and validation must be TextSplit objects (kdhelpers.chapters.recipes.tokenize_splits)"
         )
     data = noisy_student_set(
-        pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=seed
+        pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=config.seed
     )
     student = new_student()
     if not isinstance(student, nn.Module):
@@ -183,11 +185,8 @@ def noisy_student_round(
         validation,
         make_kd_loss(0.0, temperature),
         device,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
+        config,
         desc=desc,
-        **train_kwargs,
     )
     history["rows"] = len(data)
     return student, history
