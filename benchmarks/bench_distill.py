@@ -28,8 +28,8 @@ import torch
 from kdhelpers.batching import TextExamples, make_loader
 from kdhelpers.chapters.recipes import course_data, course_settings, make_student, tokenize_splits
 from kdhelpers.device import get_device, to_device
+from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.losses import distillation_loss
-from kdhelpers.metrics import cpu_latency
 from kdhelpers.models import (
     count_parameters,
     load_teacher,
@@ -38,22 +38,27 @@ from kdhelpers.models import (
     project_teacher_embeddings,
 )
 from kdhelpers.pseudo import predict_logits
-from kdhelpers.train import cross_entropy_loss, forward_logits, make_kd_loss
+from kdhelpers.train import (
+    OptimiserStep,
+    adamw_with_warmup,
+    cross_entropy_loss,
+    forward_logits,
+    make_kd_loss,
+)
 
 HERE = Path(__file__).resolve().parent
 
 
 def timed_epoch(student, loader, loss_step, device) -> float:
-    """Seconds for one training epoch of `student` where loss_step(logits, batch) gives the loss."""
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    """Seconds for one training epoch of `student` (the course's optimiser step) where
+    loss_step(logits, batch) gives the loss."""
     student.to(device).train()
+    optimizer, _ = adamw_with_warmup(student.parameters(), 1e-3, 0.01, len(loader), 0.0)
+    step = OptimiserStep(optimizer)
     start = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
-        loss = loss_step(forward_logits(student, batch), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(loss_step(forward_logits(student, batch), batch))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -94,8 +99,9 @@ def bench_epochs(teacher, emb, ids, labels, device, repeats: int) -> dict:
     return out
 
 
-def bench_models(teacher, emb, sample, repeats: int) -> list[dict]:
-    """Parameters, size and CPU latency/throughput of the teacher and each student kind."""
+def bench_models(teacher, emb, inputs, min_inputs: int) -> list[dict]:
+    """Parameters, size and CPU latency/throughput of the teacher and each student kind, timed together
+    with the course's latency method (different inputs, warm-up, one thread, interleaved)."""
     vocab = teacher.config.vocab_size
     models = {
         "teacher (MiniLM-L6)": teacher,
@@ -103,22 +109,27 @@ def bench_models(teacher, emb, sample, repeats: int) -> list[dict]:
         "cnn": make_student("cnn", vocab, emb),
         "tiny-bert": make_student("tiny-bert", vocab),
     }
-    rows = []
-    for name, model in models.items():
-        model = model.to("cpu").eval()
-        b1 = cpu_latency(model, sample, batch_size=1, repeats=repeats, warmup=3)
-        b64 = cpu_latency(model, sample, batch_size=64, repeats=max(3, repeats // 5), warmup=1)
-        rows.append(
-            {
-                "model": name,
-                "params_m": count_parameters(model) / 1e6,
-                "size_mb": model_size_mb(model),
-                "latency_b1_ms": b1["median_ms"],
-                "latency_b64_ms": b64["median_ms"],
-                "throughput_b64": b64["examples_per_s"],
-            }
-        )
-    return rows
+    models = {name: model.to("cpu").eval() for name, model in models.items()}
+    n64 = len(inputs) // 64
+    b1 = measure_latency(models, inputs, min_inputs=min_inputs)
+    b64 = measure_latency(models, inputs[: n64 * 64], batch_size=64, warmup=2, min_inputs=n64)
+    first = next(iter(models))
+    return [
+        {
+            "model": name,
+            "params_m": count_parameters(model) / 1e6,
+            "size_mb": model_size_mb(model),
+            "latency_b1_ms": b1[name].median_ms,
+            "iqr_b1_ms": b1[name].iqr_ms,
+            "latency_b64_ms": b64[name].median_ms,
+            "throughput_b64": b64[name].examples_per_s,
+            "speedup_b1": speedup(b1[first], b1[name]),
+            "speedup_b64": speedup(b64[first], b64[name]),
+            "inputs_b1": b1[name].n,
+            "threads": b1[name].threads,
+        }
+        for name, model in models.items()
+    ]
 
 
 def bench_labelling(teacher, ids, device, batch_sizes) -> list[dict]:
@@ -187,7 +198,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     device = get_device(args.device)
-    n, repeats, lat_repeats = (256, 1, 10) if args.quick else (3000, 3, 50)
+    n, repeats, lat_inputs = (256, 1, 64) if args.quick else (3000, 3, 2000)
     run_notebooks = (not args.quick) if args.notebooks is None else args.notebooks
 
     import transformers
@@ -222,11 +233,8 @@ def main(argv=None) -> int:
         / epochs["KD, cached teacher logits"],
     }
     print(epochs, ratios, flush=True)
-    models = bench_models(teacher, emb, splits["test"].input_ids[:64], lat_repeats)
-    t = models[0]
-    for r in models:
-        r["speedup_b1"] = t["latency_b1_ms"] / r["latency_b1_ms"]
-        r["speedup_b64"] = t["latency_b64_ms"] / r["latency_b64_ms"]
+    test_ids = splits["test"].input_ids[:lat_inputs]
+    models = bench_models(teacher, emb, test_ids, min_inputs=min(200, len(test_ids)))
     labelling = bench_labelling(teacher, ids, device, [16, 64] if args.quick else [16, 64, 128])
     notebooks = bench_notebooks() if run_notebooks else []
 
@@ -284,7 +292,8 @@ def main(argv=None) -> int:
         f"Cached KD / label-only: **{ratios['cached_kd_over_labels']:.2f}x**; "
         f"online teacher / cached KD: **{ratios['online_kd_over_cached_kd']:.1f}x**.",
         "",
-        "## 2. Teacher vs. students (CPU latency: warm-up, then the median of repeated runs)",
+        "## 2. Teacher vs. students (CPU latency: `kdhelpers.latency.measure_latency`, every model on "
+        "the same different test snippets, warm-up, one thread, interleaved; medians and IQR in ms)",
         "",
         table(models),
         "",

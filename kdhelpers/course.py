@@ -18,17 +18,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdhelpers.headlines import results_section, update_readme
 from kdhelpers.paths import committed_results_dir, notebooks_dir, project_root
 from kdhelpers.profiles import PROFILES
 
 
 def list_notebooks(folder: Path | None = None, only: Iterable[str] | None = None) -> list[Path]:
-    """Course notebooks in order (NN_name.ipynb), optionally only those whose name starts with `only`."""
+    """Course notebooks in order (NN_name.ipynb), optionally only those whose name starts with an entry
+    of `only` (an entry ending in .ipynb names one notebook exactly)."""
     folder = notebooks_dir() if folder is None else Path(folder)
     found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("."))
     if only:
-        prefixes = tuple(only)
-        found = [p for p in found if p.stem.startswith(prefixes)]
+        prefixes = tuple(o for o in only if not o.endswith(".ipynb"))
+        exact = {o for o in only if o.endswith(".ipynb")}
+        found = [p for p in found if p.name in exact or p.stem.startswith(prefixes or ("\0",))]
         if not found:
             raise ValueError(f"no notebook matches {list(prefixes)} in {folder.name}/")
     return found
@@ -247,6 +250,41 @@ def run(
     return 0
 
 
+#: the results the README's table lists (the core chapters); every chapter's headline is written
+CORE_TABLE = ("03_teacher", "04_pseudo-labels", "05_distillation")
+
+
+def readme_section(results_dir: Path | None = None) -> str:
+    """The README's generated results section for the results in `results_dir` (default: results/)."""
+    folder = committed_results_dir() if results_dir is None else Path(results_dir)
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    table = format_table(
+        summary_rows(folder, with_run=True, notebooks=CORE_TABLE),
+        ("notebook", "metric", "value", "profile", "date"),
+    )
+    return results_section(records, table)
+
+
+def readme_command(check: bool = False, readme: Path | None = None) -> int:
+    """Rewrite (or with check, verify) README.md's results section; 1 when a check fails."""
+    path = project_root() / "README.md" if readme is None else Path(readme)
+    text = path.read_text(encoding="utf-8")
+    new = update_readme(text, readme_section())
+    if check:
+        if new != text:
+            print(
+                f"{path.name}: the results section differs from results/; "
+                "run python -m kdhelpers.course readme",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{path.name}: the results section matches results/")
+        return 0
+    path.write_text(new, encoding="utf-8")
+    print(f"{path.name}: results section written from {committed_results_dir()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
@@ -255,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the notebooks and print the results table")
     p_run.add_argument("--profile", default="standard", choices=PROFILES)
-    p_run.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02_the-loss")
+    p_run.add_argument(
+        "--only",
+        nargs="*",
+        help="notebook name prefixes, e.g. 01 02_the-loss, or file names (03_teacher.ipynb)",
+    )
     p_run.add_argument("--out", type=Path, help="run folder (default runs/<date>-<profile>)")
     p_run.add_argument(
         "--in-place",
@@ -272,7 +314,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="results folder (default: the committed results/)",
     )
+    p_readme = sub.add_parser(
+        "readme", help="write README.md's results section from the committed results/"
+    )
+    p_readme.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that README.md is up to date (exit 1 if not)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "readme":
+        return readme_command(check=args.check)
     if args.command == "table":
         folder = args.results or committed_results_dir()
         if not folder.is_dir():

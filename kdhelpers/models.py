@@ -232,6 +232,54 @@ class CNNStudent(nn.Module):
         return self.head(self.dropout(torch.cat(pooled, dim=-1)))
 
 
+class BiLSTMStudent(nn.Module):
+    """A bidirectional LSTM over word embeddings, max-pooled over the real tokens, and a linear head
+    (the student of Tang et al., 2019, with max-pooling instead of the last states)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int = 2,
+        embed_dim: int = 128,
+        hidden: int = 192,
+        layers: int = 1,
+        dropout: float = 0.3,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_sizes(
+            num_labels, vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, layers=layers
+        )
+        _check_student_options(vocab_size, dropout, padding_idx)
+        self.vocab_size, self.num_labels, self.padding_idx = vocab_size, num_labels, padding_idx
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.lstm = nn.LSTM(
+            embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * hidden, num_labels)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
+        """Logits of shape (batch, num_labels)."""
+        _check_vocab(input_ids, self.vocab_size)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.bool()
+        x = self.dropout(self.embedding(input_ids))
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=input_ids.shape[1]
+        )
+        pooled = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+        return self.head(self.dropout(pooled))
+
+
 def project_teacher_embeddings(teacher: nn.Module, dim: int) -> tuple[torch.Tensor, float]:
     """The teacher's word-embedding table projected by PCA to `dim` columns, and the share of variance kept."""
     table = teacher.get_input_embeddings().weight.detach().float()

@@ -129,14 +129,11 @@ def line_plot(
     return fig
 
 
-def reliability_diagram(
-    bins: Sequence[Mapping[str, float]], title: str = "Reliability diagram"
-) -> Figure:
-    """Accuracy vs confidence per bin (from metrics.reliability_bins), with the diagonal of perfect calibration."""
+def _reliability_axes(ax: Any, bins: Sequence[Mapping[str, float]], title: str) -> None:
+    """One reliability diagram on `ax`: accuracy bars per confidence bin, each labelled with its count."""
     rows = [b for b in bins if b["n"]]
     if not rows:
-        raise ValueError("bins holds no non-empty bin")
-    fig, ax = new_figure(width=4.5, height=4.2)
+        raise ValueError(f"bins of {title!r} hold no non-empty bin")
     centers = [(b["low"] + b["high"]) / 2 for b in rows]
     widths = [b["high"] - b["low"] for b in rows]
     ax.bar(centers, [b["accuracy"] for b in rows], widths, edgecolor="white", label="accuracy")
@@ -147,14 +144,37 @@ def reliability_diagram(
         "o",
         color=PALETTE[1],
         ms=4,
-        label="bin mean confidence",
+        label="bin's mean confidence",
     )
+    for c, b in zip(centers, rows, strict=True):
+        ax.annotate(
+            f"n={b['n']}",
+            (c, b["accuracy"]),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=7,
+        )
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy in the bin")
     ax.set_title(title)
     ax.legend(loc="upper left")
+
+
+def reliability_diagram(
+    bins: Sequence[Mapping[str, float]] | Mapping[str, Sequence[Mapping[str, float]]],
+    title: str = "Reliability diagram",
+) -> Figure:
+    """Accuracy vs confidence per bin (metrics.reliability_bins) with each bin's count and the diagonal
+    of perfect calibration; a mapping {title: bins} draws the diagrams side by side."""
+    panels = dict(bins) if isinstance(bins, Mapping) else {title: bins}
+    if not panels:
+        raise ValueError("bins is empty")
+    fig, axes = new_figure(ncols=len(panels), width=4.5, height=4.2)
+    for ax, (name, panel) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        _reliability_axes(ax, panel, name)
     fig.tight_layout()
     return fig
 
@@ -167,8 +187,12 @@ def heatmap(
     ylabel: str,
     title: str = "",
     fmt: str = "{:.3f}",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar_label: str = "",
 ) -> Figure:
-    """An annotated heat map (rows x columns), e.g. accuracy over alpha x temperature."""
+    """An annotated heat map (rows x columns), e.g. accuracy over alpha x temperature; pass vmin/vmax
+    to fix the colour range (else the data's own range fills the whole colour scale)."""
     grid = np.asarray(values, dtype=float)
     if grid.shape != (len(row_labels), len(col_labels)):
         raise ValueError(
@@ -176,11 +200,13 @@ def heatmap(
         )
     fig, ax = new_figure(width=1.1 * len(col_labels) + 2.5, height=0.6 * len(row_labels) + 1.8)
     ax.grid(False)
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     finite = grid[np.isfinite(grid)]
-    mid = (finite.max() + finite.min()) / 2 if finite.size else 0
+    low = finite.min() if vmin is None and finite.size else (vmin or 0.0)
+    high = finite.max() if vmax is None and finite.size else (vmax or 0.0)
+    mid = (low + high) / 2
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             ax.text(
@@ -196,7 +222,9 @@ def heatmap(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    bar = fig.colorbar(im, ax=ax)
+    if colorbar_label:
+        bar.set_label(colorbar_label)
     fig.tight_layout()
     return fig
 
@@ -209,8 +237,11 @@ def scatter_tradeoff(
     label: str = "name",
     logx: bool = True,
     title: str = "Accuracy vs. latency",
+    xlabel: str | None = None,
+    ylabel: str | None = None,
 ) -> Figure:
-    """Scatter of named models (x vs y, marker area from `size`), each point labelled."""
+    """Scatter of named models (x vs y, marker area from `size`), each point labelled; axis labels in
+    words (xlabel, ylabel) default to the column names."""
     if not points:
         raise ValueError("points is empty")
     fig, ax = new_figure(width=6.5, height=4.5)
@@ -223,8 +254,8 @@ def scatter_tradeoff(
         )
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(x if xlabel is None else xlabel)
+    ax.set_ylabel(y if ylabel is None else ylabel)
     ax.set_title(title + (f" (marker area ~ {size})" if size else ""))
     fig.tight_layout()
     return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ class CachedLogits:
     path: Path
     from_cache: bool
     fingerprint: str
+    #: seconds the teacher took to compute these logits (stored with them; None in older files)
+    compute_seconds: float | None = None
 
 
 CACHE_ENV = "KD_CACHE_DIR"
@@ -116,8 +119,9 @@ CACHE_ENV = "KD_CACHE_DIR"
 CACHE_FORMAT = "2"
 
 
-def _read_cache(path: Path, fingerprint: str, n: int) -> torch.Tensor | None:
-    """The cached logits when the file is intact, of this format, and its key, digest and size match, else None."""
+def _read_cache(path: Path, fingerprint: str, n: int) -> tuple[torch.Tensor, float | None] | None:
+    """The cached logits and their stored compute time when the file is intact, of this format, and its
+    key, digest and size match, else None."""
     from safetensors import safe_open
 
     try:
@@ -132,7 +136,11 @@ def _read_cache(path: Path, fingerprint: str, n: int) -> torch.Tensor | None:
         return None  # values changed inside a valid file (a flipped sign, re-ordered rows)
     if logits.dim() != 2 or logits.shape[0] != n or not torch.isfinite(logits).all():
         return None
-    return logits
+    try:
+        seconds = float(meta["compute_seconds"])
+    except (KeyError, ValueError):
+        seconds = None
+    return logits, seconds
 
 
 def _write_cache(path: Path, logits: torch.Tensor, metadata: dict[str, str]) -> None:
@@ -178,10 +186,12 @@ def cache_logits(
     if path.exists():
         cached = _read_cache(path, fingerprint, len(ids))
         if cached is not None:
-            return CachedLogits(cached, path, True, fingerprint)
+            return CachedLogits(cached[0], path, True, fingerprint, cached[1])
+    start = time.perf_counter()
     logits = predict_logits(
         teacher, input_ids, batch_size, device, True, pad_id, progress
     ).contiguous()
+    seconds = time.perf_counter() - start
     _write_cache(
         path,
         logits,
@@ -192,9 +202,10 @@ def cache_logits(
             "name": name,
             "teacher_sha256": teacher_sha,
             "data_sha256": data_sha,
+            "compute_seconds": repr(seconds),
         },
     )
-    return CachedLogits(logits, path, False, fingerprint)
+    return CachedLogits(logits, path, False, fingerprint, seconds)
 
 
 # ---------------------------------------------------------------- pseudo-labels

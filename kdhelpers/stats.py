@@ -15,6 +15,8 @@ Methods:
   resampled mean differences (numpy's linear quantile). It covers test-set sampling noise only.
 - McNemar (`mcnemar_test`): from the discordant counts only; exact binomial test when they are
   few, else chi-square with continuity correction.
+- Raters' split-half agreement (`split_half_agreement`): the ceiling a model's correlation with
+  a crowd's mean judgement can reach, given how much the crowd itself agrees.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class Comparison:
     def excludes_zero(self) -> bool:
         """True when the interval lies strictly on one side of zero."""
         return self.ci_low > 0 or self.ci_high < 0
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Comparison:
+        """The Comparison that `as_dict` stored (a results file's details.comparisons entry)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in record.items() if k in known})
 
     def as_dict(self) -> dict[str, Any]:
         """The `details.comparisons` record: name, a, b, diff, ci_low, ci_high, seeds (+ extras)."""
@@ -354,3 +362,118 @@ def comparison_sentence(
 def _level(confidence: float) -> str:
     """0.95 -> '95%' (no trailing zeros)."""
     return f"{confidence * 100:.10g}%"
+
+
+@dataclass(frozen=True)
+class SplitHalf:
+    """How well two random halves of each item's raters agree (Spearman), averaged over random splits."""
+
+    half_spearman: float
+    #: Spearman-Brown: the reliability of the whole panel's score, 2r / (1 + r)
+    full_reliability: float
+    #: sqrt(full_reliability): about the highest correlation any predictor can reach with the panel's score
+    ceiling: float
+    n_items: int
+    n_splits: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "half_spearman": self.half_spearman,
+            "full_reliability": self.full_reliability,
+            "ceiling": self.ceiling,
+            "n_items": self.n_items,
+            "n_splits": self.n_splits,
+        }
+
+
+def _positive_share(scores: np.ndarray) -> float:
+    """The share of non-zero ratings that are positive (0.5 when all are 0)."""
+    nonzero = scores[scores != 0]
+    return float((nonzero > 0).mean()) if nonzero.size else 0.5
+
+
+def split_half_agreement(
+    rater_scores: Sequence[Sequence[float]], n_splits: int = 20, seed: int = 0
+) -> SplitHalf:
+    """Split each item's raters at random into two halves, score each half by its share of positive
+    (non-zero) ratings, and take the Spearman correlation between the halves over items; the mean over
+    `n_splits` splits, stepped up to the whole panel with Spearman-Brown."""
+    n_splits = check_int("n_splits", n_splits, 1)
+    seed = check_seed("seed", seed)
+    items = [np.asarray(r, dtype=float) for r in rater_scores]
+    if len(items) < 3:
+        raise ValueError(f"rater_scores needs at least 3 items to correlate (got {len(items)})")
+    short = [i for i, r in enumerate(items) if r.size < 2]
+    if short:
+        raise ValueError(
+            f"every item needs at least 2 ratings to split (item {short[0]} has {items[short[0]].size})"
+        )
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(n_splits):
+        a, b = np.empty(len(items)), np.empty(len(items))
+        for i, r in enumerate(items):
+            order = rng.permutation(r.size)
+            half = r.size // 2
+            a[i], b[i] = _positive_share(r[order[:half]]), _positive_share(r[order[half:]])
+        rs.append(float(_scipy_stats.spearmanr(a, b).statistic))
+    r = float(np.mean(rs))
+    full = 2 * r / (1 + r) if r > -1 else float("nan")
+    return SplitHalf(r, full, math.sqrt(full) if full > 0 else 0.0, len(items), n_splits)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A Spearman correlation over items with a percentile-bootstrap interval (items resampled)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    method: str
+    confidence: float = 0.95
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "n": self.n,
+            "method": self.method,
+            "confidence": self.confidence,
+        }
+
+
+def spearman_interval(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Correlation:
+    """Spearman's correlation of x and y with a percentile-bootstrap interval over the items."""
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xa.ndim != 1 or xa.shape != ya.shape:
+        raise ValueError(f"x and y must be 1-d and of the same length (got {xa.shape}, {ya.shape})")
+    if xa.size < 3 or not (np.isfinite(xa).all() and np.isfinite(ya).all()):
+        raise ValueError("x and y need at least 3 finite values each")
+    n_resamples = check_int("n_resamples", n_resamples, 100)
+    confidence = _check_confidence(confidence)
+    rng = np.random.default_rng(check_seed("seed", seed))
+    # each resample is ranked afresh, so ties among repeated items are handled as scipy does
+    boot = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, xa.size, xa.size)
+        boot[i] = _scipy_stats.spearmanr(xa[idx], ya[idx]).statistic
+    alpha = 1 - confidence
+    low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2])
+    return Correlation(
+        float(_scipy_stats.spearmanr(xa, ya).statistic),
+        float(low),
+        float(high),
+        int(xa.size),
+        f"Spearman, percentile bootstrap over {xa.size} items ({n_resamples} resamples, seed {seed})",
+        confidence,
+    )

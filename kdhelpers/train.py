@@ -87,10 +87,21 @@ def adamw_with_warmup(
     total_steps: int,
     warmup_ratio: float,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable `parameters` and its warm-up / linear-decay schedule over `total_steps`."""
-    optimizer = torch.optim.AdamW(
-        [p for p in parameters if p.requires_grad], lr=lr, weight_decay=weight_decay
-    )
+    """AdamW over the trainable `parameters` (the fused kernel where torch has one for their device) and
+    its warm-up / linear-decay schedule over `total_steps`."""
+    params = [p for p in parameters if p.requires_grad]
+    # one fused kernel per step instead of a Python loop over tensors: on a CPU about 10x faster for
+    # the students' large embedding tables (torch >= 2.4 on CPU and CUDA); same update rule
+    devices = {p.device.type for p in params}
+    try:
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
+            fused=devices <= {"cpu", "cuda"} and len(devices) == 1,
+        )
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the kernel
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return optimizer, warmup_linear_schedule(optimizer, total_steps, warmup_ratio)
 
 
@@ -216,8 +227,22 @@ def cross_entropy_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) 
     return F.cross_entropy(logits.float(), labels, ignore_index=-1)
 
 
-def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
-    """The distillation loss for the loop: KD on every row, CE on the labelled rows (label >= 0)."""
+#: How make_kd_loss averages the CE term of a batch in which only some rows carry a label.
+CE_WEIGHTINGS = ("labelled", "batch")
+
+
+def make_kd_loss(
+    alpha: float = 0.5, temperature: float = 2.0, ce_weighting: str = "labelled"
+) -> LossFn:
+    """The distillation loss for the loop: KD on every row, CE on the labelled rows (label >= 0).
+
+    With only some rows labelled, `ce_weighting` says how the CE term is averaged: "labelled" takes the
+    mean over the labelled rows (each of n labelled rows weighs 1/n, however few they are); "batch"
+    sums over them and divides by the batch size (each weighs 1/B, as if the formula were applied row
+    by row with no CE on unlabelled rows). They agree when every row is labelled.
+    """
+    if ce_weighting not in CE_WEIGHTINGS:
+        raise ValueError(f"ce_weighting must be one of {CE_WEIGHTINGS} (got {ce_weighting!r})")
 
     def loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if "teacher_logits" not in batch:
@@ -229,7 +254,8 @@ def make_kd_loss(alpha: float = 0.5, temperature: float = 2.0) -> LossFn:
         if labelled.all():
             return distillation_loss(logits, teacher, labels, alpha=alpha, temperature=temperature)
         kd = distillation_loss(logits, teacher, None, alpha=0.0, temperature=temperature)
-        ce = F.cross_entropy(logits[labelled].float(), labels[labelled])
+        ce = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="sum")
+        ce = ce / (int(labelled.sum()) if ce_weighting == "labelled" else len(labels))
         return alpha * ce + (1.0 - alpha) * kd
 
     distillation_loss(

@@ -192,10 +192,19 @@ def check_class_labels(
     return labels
 
 
+def _tracing() -> bool:
+    """True while torch.export / torch.compile traces a model (data-dependent checks cannot run)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def check_token_ids(
     name: str, ids: torch.Tensor, vocab_size: int, what: str = "the model", fix: str | None = None
 ) -> torch.Tensor:
-    """Integer token ids in [0, vocab_size - 1] on a real device."""
+    """Integer token ids in [0, vocab_size - 1] on a real device (not checked while torch.export or
+    torch.compile traces the model: a traced graph holds no Python-side checks)."""
+    if _tracing():
+        return ids
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids (got {type(ids).__name__})")
     if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():

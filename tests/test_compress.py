@@ -227,3 +227,77 @@ def test_prediction_changes_counts_by_hand():
         prediction_changes(ref, new, labels[:2])
     with pytest.raises(ValueError, match="logits"):
         prediction_changes(ref[0], new[0], labels)
+
+
+# ---------------------------------------------------------------- per-channel, float head
+
+
+def test_per_channel_int8_has_one_scale_per_output_row_and_keeps_the_head_float():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    q = quantize_dynamic_int8(model, per_channel=True, keep_float=("2",))
+    assert isinstance(q[0], nnqd.Linear) and not isinstance(q[2], nnqd.Linear)
+    assert isinstance(q[2], nn.Linear)  # the head stays float32, its weights untouched
+    assert torch.equal(q[2].weight, model[2].weight)
+    w = q[0].weight()
+    assert w.qscheme() == torch.per_channel_affine and w.q_per_channel_scales().shape == (16,)
+    # each row's scale is its own max |w| / 127 (symmetric int8), not the matrix's
+    rows = model[0].weight.detach().abs().amax(dim=1) / 127.5
+    torch.testing.assert_close(w.q_per_channel_scales().float(), rows, rtol=0.02, atol=1e-6)
+    per_tensor = quantize_dynamic_int8(model)[0].weight()
+    assert per_tensor.qscheme() == torch.per_tensor_affine
+    with pytest.raises(ValueError, match="keep_float"):
+        quantize_dynamic_int8(model, keep_float=("classifier",))
+    with pytest.raises(TypeError, match="keep_float"):
+        quantize_dynamic_int8(model, keep_float="2")
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+
+def test_onnx_export_matches_pytorch_on_other_lengths_and_batches(tmp_path):
+    from kdhelpers.chapters.compress import OnnxClassifier, export_onnx
+    from kdhelpers.chapters.recipes import make_student
+    from kdhelpers.pseudo import predict_logits
+
+    for kind in ("cnn", "tiny-bert"):
+        model = make_student(kind, 500, None, seed=0).eval()
+        g = torch.Generator().manual_seed(1)
+        ids = [torch.randint(1, 500, (int(n),), generator=g).tolist() for n in (2, 3, 7, 19, 40)]
+        path = export_onnx(model, tmp_path / f"{kind}.onnx", ids[-2:], min_length=4)
+        onnx_model = OnnxClassifier(path, threads=1, min_length=4)
+        ours = predict_logits(model, ids, batch_size=2, device="cpu")  # padded batches
+        theirs = predict_logits(onnx_model, ids, batch_size=2, device="cpu")
+        torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+        assert model.training is False and next(model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="float model"):
+        export_onnx(quantize_dynamic_int8(nn.Sequential(nn.Linear(4, 2))), tmp_path / "q.onnx", ids)
+
+
+# ---------------------------------------------------------------- pruning
+
+
+def test_magnitude_pruning_zeroes_the_smallest_weights_over_all_layers():
+    from kdhelpers.chapters.compress import linear_sparsity, magnitude_pruned
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    before = [m.weight.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    pruned = magnitude_pruned(model, 0.6)
+    assert linear_sparsity(pruned) == pytest.approx(0.6, abs=1 / 750)
+    assert linear_sparsity(model) == 0.0  # the original is untouched
+    all_before = torch.cat([w.flatten() for w in before]).abs()
+    kept = torch.cat([m.weight.flatten() for m in pruned if isinstance(m, nn.Linear)])
+    removed = all_before[kept == 0]
+    assert removed.max() <= all_before[kept != 0].min()  # global: by magnitude, across layers
+    assert not any(hasattr(m, "weight_orig") for m in pruned.modules())  # made permanent
+    assert linear_sparsity(magnitude_pruned(model, 0.0)) == 0.0
+    with pytest.raises(ValueError, match="sparsity"):
+        magnitude_pruned(model, 1.5)
+
+
+def test_linear_layer_timings_report_both_kinds():
+    from kdhelpers.chapters.compress import linear_layer_timings
+
+    rows = linear_layer_timings([(16, 32)], rows=1, n=20)
+    assert rows[0]["shape"] == "16x32" and rows[0]["float32_us"] > 0 and rows[0]["int8_us"] > 0

@@ -34,6 +34,18 @@ def test_bad_only_is_a_usage_error_naming_the_chapters(capsys):
     assert "--only 99" in err and "available chapters" in err and "05" in err
 
 
+def test_only_takes_prefixes_and_exact_file_names(tmp_path):
+    for name in ("03_teacher", "03_teacher_solutions", "04_pseudo-labels"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    names = lambda only: [p.name for p in course.list_notebooks(tmp_path, only)]  # noqa: E731
+    assert names(["03"]) == ["03_teacher.ipynb", "03_teacher_solutions.ipynb"]
+    assert names(["03_teacher"]) == ["03_teacher.ipynb", "03_teacher_solutions.ipynb"]
+    assert names(["03_teacher.ipynb"]) == ["03_teacher.ipynb"]
+    assert names(["03_teacher.ipynb", "04"]) == ["03_teacher.ipynb", "04_pseudo-labels.ipynb"]
+    with pytest.raises(ValueError, match="no notebook"):
+        names(["03_teacher_x.ipynb"])
+
+
 def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
     books = tmp_path / "notebooks"
     books.mkdir()

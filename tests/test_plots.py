@@ -59,3 +59,39 @@ def test_reliability_heatmap_scatter():
         ]
     )
     assert len(fig.axes[0].collections) == 2
+
+
+def test_reliability_diagrams_show_counts_and_sit_side_by_side():
+    from kdhelpers.plots import reliability_diagram
+
+    bins = [
+        {"low": 0.5, "high": 0.75, "n": 30, "confidence": 0.65, "accuracy": 0.43},
+        {"low": 0.75, "high": 1.0, "n": 170, "confidence": 0.95, "accuracy": 0.93},
+    ]
+    fig = reliability_diagram(bins)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["n=30", "n=170"]
+    fig = reliability_diagram({"T = 1": bins, "T = 1.6": bins[:1]})
+    assert [ax.get_title() for ax in fig.axes] == ["T = 1", "T = 1.6"]
+    assert fig.axes[0].get_xlabel().startswith("confidence")
+
+
+def test_heatmap_colour_range_and_axis_words():
+    from kdhelpers.plots import heatmap, scatter_tradeoff
+
+    fig = heatmap(
+        [[0.80, 0.81], [0.805, 0.817]], ["0", "0.5"], ["1", "8"], "T", "alpha", vmin=0.7, vmax=0.9
+    )
+    assert fig.axes[0].images[0].get_clim() == (0.7, 0.9)  # a 1.7-point range stays small
+    fig = heatmap([[0.80, 0.817]], ["0"], ["1", "8"], "T", "alpha", colorbar_label="accuracy")
+    assert fig.axes[0].images[0].get_clim() == (0.80, 0.817)
+    assert fig.axes[1].get_ylabel() == "accuracy"
+    fig = scatter_tradeoff(
+        [{"name": "t", "ms": 10, "accuracy": 0.8, "size_mb": 90}],
+        x="ms",
+        xlabel="batch-1 latency (ms)",
+        ylabel="test accuracy",
+    )
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == (
+        "batch-1 latency (ms)",
+        "test accuracy",
+    )

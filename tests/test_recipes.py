@@ -272,3 +272,27 @@ def test_student_config_checks_and_train_student_is_repeatable(splits):
         train_student(
             student, splits["train"].examples(), splits["validation"], cross_entropy_loss, "cpu", {}
         )
+
+
+def test_seed_teachers_are_the_chapter_teacher_and_its_other_seeds(splits, tmp_path, monkeypatch):
+    from kdhelpers.chapters.recipes import seed_teachers
+
+    monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path))
+    by_seed = seed_teachers(SETTINGS, splits, "cpu", [0, 1])
+    chapter, info = load_or_train_teacher(SETTINGS, splits, "cpu")
+    assert not info["trained_now"], "seed 0 is the chapter's own teacher (teacher_seed None)"
+    assert torch.equal(by_seed[0].classifier.weight, chapter.classifier.weight)
+    assert not torch.equal(by_seed[1].classifier.weight, chapter.classifier.weight)
+    with pytest.raises(ValueError, match="seeds"):
+        seed_teachers(SETTINGS, splits, "cpu", [])
+
+
+def test_text_split_select_keeps_rows_together(splits):
+    part = splits["train"].select([5, 0, 3])
+    assert part.ids == [splits["train"].ids[i] for i in (5, 0, 3)]
+    assert part.input_ids[0] == splits["train"].input_ids[5]
+    assert part.gold.tolist() == splits["train"].gold[[5, 0, 3]].tolist()
+    with pytest.raises(ValueError, match="rows"):
+        splits["train"].select([])
+    with pytest.raises(ValueError, match="rows"):
+        splits["train"].select([len(splits["train"])])

@@ -321,3 +321,72 @@ def test_comparison_sentence_labels_levels_and_single_runs() -> None:
         comparison_sentence(c)
     with pytest.raises(TypeError, match="must be a Comparison"):
         comparison_sentence(c.as_dict())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- raters' split-half agreement
+
+
+def test_split_half_agreement_of_unanimous_and_of_random_raters():
+    from kdhelpers.stats import split_half_agreement
+
+    # unanimous raters: every half has the whole panel's share, so the halves agree perfectly
+    unanimous = [[2, 3, 1], [-1, -2, -4], [1, 2, 3, 4], [-3, -1], [0, 0], [2, 1]]
+    got = split_half_agreement(unanimous, n_splits=3)
+    assert got.half_spearman == pytest.approx(1.0)
+    assert got.full_reliability == pytest.approx(1.0) and got.ceiling == pytest.approx(1.0)
+    assert (got.n_items, got.n_splits) == (6, 3)
+    # coin-flip raters with the same 50% rate everywhere: the halves share nothing but chance
+    rng = np.random.default_rng(3)
+    coins = [np.where(rng.random(20) < 0.5, 1, -1) for _ in range(3000)]
+    assert abs(split_half_agreement(coins, n_splits=3).half_spearman) < 0.05
+
+
+def test_split_half_ceiling_matches_the_correlation_with_the_truth():
+    """Simulated crowd: each item has a true positive rate; 20 raters vote +1/-1 with it. The ceiling
+    (sqrt of the Spearman-Brown reliability) estimates how well the true rate correlates with the
+    panel's observed share."""
+    from kdhelpers.stats import split_half_agreement
+
+    rng = np.random.default_rng(0)
+    truth = rng.beta(0.7, 0.7, size=2000)
+    ratings = [np.where(rng.random(20) < p, 1, -1) for p in truth]
+    shares = np.array([(r > 0).mean() for r in ratings])
+    target = st.spearmanr(truth, shares).statistic
+    got = split_half_agreement(ratings, n_splits=5, seed=1)
+    assert abs(got.ceiling - target) < 0.02, (got, target)
+    assert got.half_spearman < got.full_reliability < 1
+
+
+def test_split_half_agreement_refuses_bad_input():
+    from kdhelpers.stats import split_half_agreement
+
+    with pytest.raises(ValueError, match="at least 3 items"):
+        split_half_agreement([[1, 2], [1, -1]])
+    with pytest.raises(ValueError, match="at least 2 ratings"):
+        split_half_agreement([[1, 2], [1], [2, -1]])
+    with pytest.raises(ValueError, match="n_splits"):
+        split_half_agreement([[1, 2]] * 3, n_splits=0)
+
+
+def test_spearman_interval_against_scipy_and_coverage():
+    from kdhelpers.stats import spearman_interval
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    y = 0.5 * x + rng.normal(size=300)
+    got = spearman_interval(x, y, n_resamples=500)
+    assert got.value == pytest.approx(st.spearmanr(x, y).statistic)
+    assert got.ci_low < got.value < got.ci_high and got.n == 300
+    # the bootstrap interval is about as wide as the normal approximation (Fisher z) says
+    z = np.arctanh(got.value)
+    se = 1.06 / np.sqrt(300 - 3)  # Fieller et al.'s standard error for Spearman
+    low, high = np.tanh(z - 1.96 * se), np.tanh(z + 1.96 * se)
+    assert got.ci_low == pytest.approx(low, abs=0.03) and got.ci_high == pytest.approx(
+        high, abs=0.03
+    )
+    # independent data: the interval covers zero
+    assert spearman_interval(rng.normal(size=200), rng.normal(size=200), n_resamples=300).ci_low < 0
+    with pytest.raises(ValueError, match="same length"):
+        spearman_interval([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="at least 3"):
+        spearman_interval([1, 2], [1, 2])

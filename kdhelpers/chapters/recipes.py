@@ -27,6 +27,7 @@ from kdhelpers.data import load_sentiment
 from kdhelpers.device import seeded
 from kdhelpers.models import (
     BagOfEmbeddingsStudent,
+    BiLSTMStudent,
     CNNStudent,
     init_embeddings_from_teacher,
     load_teacher,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 #: Rough wall time of fine-tuning the teacher per profile (2-core CPU for quick/standard).
 TEACHER_TRAINING_TIME = {
     "quick": "about 10 s",
-    "standard": "about 15 minutes on a 2-core CPU",
+    "standard": "about 5 minutes on a 2-core CPU",
     "full": "a few minutes on a GPU (much longer on a CPU)",
 }
 
@@ -212,6 +213,19 @@ class TextSplit:
             raise ValueError(f"n must be an int in [1, {len(self.ids)}] (got {n!r})")
         return TextSplit(self.ids[:n], self.texts[:n], self.input_ids[:n], self.gold[:n])
 
+    def select(self, rows: list[int]) -> TextSplit:
+        """The examples at positions `rows`, in that order."""
+        if not rows or any(not isinstance(i, int) or not 0 <= i < len(self.ids) for i in rows):
+            raise ValueError(
+                f"rows must be a non-empty list of positions in [0, {len(self.ids) - 1}]"
+            )
+        return TextSplit(
+            [self.ids[i] for i in rows],
+            [self.texts[i] for i in rows],
+            [self.input_ids[i] for i in rows],
+            self.gold[rows],
+        )
+
 
 def tokenize_splits(dataset: Any, tokenizer: Any, max_length: int = 64) -> dict[str, TextSplit]:
     """Tokenize every split of a DatasetDict from kdhelpers.data.load_sentiment."""
@@ -348,6 +362,24 @@ def course_teacher(settings: CourseSettings, device: torch.device | str) -> Cour
     return CourseTeacher(teacher, tokenizer, splits, dataset, info)
 
 
+def seed_teachers(
+    settings: CourseSettings,
+    splits: Mapping[str, TextSplit],
+    device: torch.device | str,
+    seeds: list[int],
+) -> dict[int, nn.Module]:
+    """Chapter 03's teacher fine-tuned with each training seed in `seeds` on the same data (settings'
+    split): from their checkpoints, else trained now."""
+    if not seeds:
+        raise ValueError("seeds is empty: give the teacher training seeds, e.g. [0, 1, 2]")
+    return {
+        s: load_or_train_teacher(
+            settings.replace(teacher_seed=check_seed("seeds", s)), splits, device
+        )[0]
+        for s in seeds
+    }
+
+
 def teacher_logits(
     teacher: nn.Module,
     split: TextSplit,
@@ -428,7 +460,7 @@ def chosen_alpha_temperature(
     return float(default[0]), float(default[1]), False
 
 
-STUDENT_KINDS = ("bag", "cnn", "tiny-bert")
+STUDENT_KINDS = ("bag", "cnn", "bilstm", "tiny-bert")
 
 
 def make_student(
@@ -438,12 +470,17 @@ def make_student(
     seed: int = 0,
     **sizes: Any,
 ) -> nn.Module:
-    """A fresh student ('bag', 'cnn', 'tiny-bert') built from `seed`, leaving the caller's RNG alone; bag and
-    cnn copy word embeddings from `teacher` (a model or a projected table) when given."""
+    """A fresh student ('bag', 'cnn', 'bilstm', 'tiny-bert') built from `seed`, leaving the caller's RNG
+    alone; all but tiny-bert copy word embeddings from `teacher` (a model or a projected table) when given."""
 
     if kind not in STUDENT_KINDS:
         raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
-    builders = {"bag": BagOfEmbeddingsStudent, "cnn": CNNStudent, "tiny-bert": tiny_bert_student}
+    builders = {
+        "bag": BagOfEmbeddingsStudent,
+        "cnn": CNNStudent,
+        "bilstm": BiLSTMStudent,
+        "tiny-bert": tiny_bert_student,
+    }
     with seeded(seed):  # the caller's RNG is given back afterwards
         model = builders[kind](vocab_size, **sizes)
     if teacher is not None and kind != "tiny-bert":

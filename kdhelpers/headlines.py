@@ -1,0 +1,211 @@
+"""The README's results section, written from the committed results/ with the one number formatter.
+
+`python -m kdhelpers.course readme` rewrites the part of README.md between START and END from the
+results JSON files; `--check` fails when the README differs, so a README number is always the
+committed run's. Each chapter's headline is a plain function of its results record, chosen by
+name from HEADLINES; a chapter without results is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kdhelpers.numfmt import num, pct, points, ratio
+from kdhelpers.stats import Comparison, comparison_sentence
+
+START = "<!-- results: written by `python -m kdhelpers.course readme` from results/; edit there -->"
+END = "<!-- /results -->"
+
+Record = Mapping[str, Any]
+
+
+def _comparison(record: Record, name: str) -> Comparison | None:
+    """The comparison called `name` in a record's details.comparisons, if there is one."""
+    for c in record.get("details", {}).get("comparisons", []):
+        if c.get("name") == name:
+            return Comparison.from_dict(c)
+    return None
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
+def _teacher(r: Record) -> list[str]:
+    m = r["metrics"]
+    n_train = r.get("details", {}).get("settings", {}).get("n_train")
+    line = (
+        f"- **Teacher** (all-MiniLM-L6-v2 fine-tuned on {n_train:,} labelled movie snippets): "
+        f"{pct(m['teacher_test_accuracy'])} test accuracy"
+    )
+    if "teacher_test_accuracy_mean" in m:
+        n = len(r["details"].get("seeds", []))
+        line += (
+            f" ({pct(m['teacher_test_accuracy_mean'])} on average over {n} training seeds, standard "
+            f"deviation {points(m['teacher_test_accuracy_std'], signed=False)})"
+        )
+    line += f"; target >= 85%: {_verdict(m['teacher_test_accuracy'] >= 0.85)}. "
+    line += f"A TF-IDF + logistic-regression baseline reaches {pct(m['tfidf_baseline_accuracy'])}"
+    vs = _comparison(r, "teacher vs TF-IDF")
+    line += f": {comparison_sentence(vs)}." if vs is not None else "."
+    return [line]
+
+
+_STUDENT_NAMES = {"bag": "bag of embeddings", "cnn": "word-CNN", "tiny-bert": "2-layer Transformer"}
+
+
+def _distillation(r: Record) -> list[str]:
+    m, d = r["metrics"], r.get("details", {})
+    n_seeds = len(d.get("seeds", []))
+    parts = []
+    for kind, label in _STUDENT_NAMES.items():
+        if f"{kind}_kd_accuracy" not in m:
+            continue
+        part = f"{label} {pct(m[f'{kind}_labels_accuracy'])} -> {pct(m[f'{kind}_kd_accuracy'])}"
+        vs = _comparison(r, f"{kind}: KD vs labels")
+        if vs is not None:
+            part += f" ({comparison_sentence(vs, 'KD', 'labels')})"
+        parts.append(part)
+    seeds = f"; means over {n_seeds} seeds" if n_seeds else ""
+    lines = [
+        f"- **Distillation against labels alone** (alpha = {m['alpha']:g} and T = {m['temperature']:g} "
+        f"chosen on validation{seeds}): " + "; ".join(parts) + "."
+    ]
+    soft_gold = _comparison(r, "cnn: soft vs gold on the real rows")
+    copies = _comparison(r, "cnn: noisy copies vs real rows only (soft)")
+    if soft_gold is not None and copies is not None:
+        lines.append(
+            "- **Softness or more rows?** For the word-CNN on the same real snippets: "
+            f"{comparison_sentence(soft_gold, 'soft targets', 'gold labels')}; adding the noisy copies: "
+            f"{comparison_sentence(copies, 'with copies', 'without')}."
+        )
+    lines.append(
+        f"- **Best student** ({m['best_student']}, chapter 05): {pct(m['best_student_accuracy'])}, that "
+        f"is {pct(m['best_student_of_teacher'])} of the teacher, with {ratio(m['best_student_fewer_params'])} "
+        f"fewer parameters and {ratio(m['best_student_speedup_b1'])} lower batch-1 CPU latency (the "
+        "course's latency method, all models timed together). The target of >= 97% of the teacher at "
+        f">= 10x smaller and faster is {_verdict(m['best_student_of_teacher'] >= 0.97)}."
+    )
+    return lines
+
+
+def _row(record: Record, name: str) -> Mapping[str, Any] | None:
+    """A row of a record's details.table by its name."""
+    return next(
+        (t for t in record.get("details", {}).get("table", []) if t.get("name") == name), None
+    )
+
+
+def _compression(r: Record) -> list[str]:
+    m = r["metrics"]
+    line = (
+        "- **Compression (06)**: a model that keeps >= 97% of the teacher's accuracy at >= 10x lower "
+        f"batch-1 latency: {_verdict(bool(m['target_met']))}. The int8-quantized teacher keeps "
+        f"{pct(m['teacher_int8_accuracy'] / m['teacher_accuracy'])} at "
+        f"{ratio(m['teacher_int8_speedup_b1'])} lower batch-1 latency and "
+        f"{ratio(m['teacher_int8_size_ratio'])} smaller. A 3-layer DistilBERT-style student keeps "
+        f"{pct(m['distilbert_style_of_teacher'])}"
+    )
+    int8 = _row(r, "distilbert-style 3L (KD) int8")
+    if int8 is not None:
+        line += f"; int8-quantized it keeps {pct(int8['of_teacher'])}"
+    line += f" and answers {ratio(m['distilbert_style_int8_speedup_b1'])} faster than the float teacher."
+    return [line]
+
+
+def _cross_domain(r: Record) -> list[str]:
+    m = r["metrics"]
+    names = {"amazon": "Amazon", "tweets": "tweets", "nyt": "NYT editorials"}
+    parts = [
+        f"{label} {pct(m[f'{d}_movie_label_student_accuracy'])} -> {pct(m[f'{d}_kd_student_accuracy'])}"
+        for d, label in names.items()
+        if f"{d}_kd_student_accuracy" in m
+    ]
+    target = m["target"]
+    rounds = [m[k] for k in sorted(m) if k.startswith(f"{target}_round")]
+    return [
+        "- **Cross-domain (07)**, one seed per model: movie-label student -> student distilled on "
+        f"unlabelled target-domain text: {'; '.join(parts)}; better on "
+        f"{m['domains_where_kd_beats_movie_labels']} of 3 domains. Self-training rounds on "
+        f"{names.get(target, target)}: " + ", ".join(pct(x) for x in rounds) + " (round 0 first; "
+        "chapter 07 states the limits of this set-up)."
+    ]
+
+
+def _beyond_logits(r: Record) -> list[str]:
+    m = r["metrics"]
+    d = r.get("details", {})
+    return [
+        f"- **Beyond logits (08)**, one seed, {d.get('epochs', '?')} epochs: logit-only KD "
+        f"{pct(m['logit_only_accuracy'])}; with hidden-state MSE hints {pct(m['mse_accuracy'])}, cosine "
+        f"hints {pct(m['cosine_accuracy'])}, attention matching {pct(m['attention_accuracy'])} (chapter "
+        "08 states the budget and weight these numbers depend on)."
+    ]
+
+
+def _scaling_out(r: Record) -> list[str]:
+    m = r["metrics"]
+    return [
+        "- **Scaling out (09)**: 1 and 2 processes (Accelerate, gloo) take the same steps to within "
+        f"{m['early_step_loss_difference']:.0e} in the first step losses and reach "
+        f"{pct(m['accuracy_one_process'])} and {pct(m['accuracy_two_processes'])} test accuracy; "
+        "rank 0 labels the transfer rows, rank 1 reads the cache."
+    ]
+
+
+def _language_model(r: Record) -> list[str]:
+    m = r["metrics"]
+    gain = 1 - m["token_kd_test_perplexity"] / m["text_only_test_perplexity"]
+    return [
+        "- **Language model (10)**: token-level KD lowers a character GPT-2 student's test "
+        f"perplexity from {num(m['text_only_test_perplexity'], 2)} (text only) to "
+        f"{num(m['token_kd_test_perplexity'], 2)} ({pct(gain)} lower); validation perplexities: teacher "
+        f"{num(m['teacher_val_perplexity'], 2)}, sequence-level KD {num(m['sequence_kd_val_perplexity'], 2)}."
+    ]
+
+
+#: chapter results file -> its headline lines (in README order)
+HEADLINES: dict[str, Callable[[Record], list[str]]] = {
+    "03_teacher": _teacher,
+    "05_distillation": _distillation,
+    "06_compression": _compression,
+    "07_cross-domain": _cross_domain,
+    "08_beyond-logits": _beyond_logits,
+    "09_scaling-out": _scaling_out,
+    "10_outlook-and-faq": _language_model,
+}
+
+
+def results_section(results: Mapping[str, Record], table: str) -> str:
+    """The README's results section: per-chapter headlines, then `table` (the core metrics)."""
+    dates = sorted({r["date"] for r in results.values() if r.get("date")})
+    if not dates:
+        when = "on an unrecorded date"
+    elif len(dates) == 1:
+        when = f"on {dates[0]}"
+    else:
+        when = f"between {dates[0]} and {dates[-1]}"
+    lines = [
+        "Every figure below comes from the course runner in the `standard` profile on a 2-core x86_64",
+        f"CPU without a GPU, run {when} (dates per row in the table), stored in `results/`.",
+        "Print it with `python -m kdhelpers.course table`; reproduce it with",
+        "`python -m kdhelpers.course run --profile standard`. Comparisons give paired 95% intervals over",
+        "training seeds where the chapter ran several; a single-seed number says so.",
+        "",
+    ]
+    for name, headline in HEADLINES.items():
+        if name in results:
+            lines += headline(results[name])
+    return "\n".join([START, *lines, "", table, END])
+
+
+def update_readme(readme: str, section: str) -> str:
+    """`readme` with the text between START and END replaced by `section` (which holds the markers)."""
+    if readme.count(START) != 1 or readme.count(END) != 1:
+        raise ValueError(
+            f"README.md must contain the results markers once each:\n{START}\n...\n{END}"
+        )
+    head, rest = readme.split(START)
+    _, tail = rest.split(END)
+    return head + section + tail

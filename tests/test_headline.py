@@ -1,0 +1,107 @@
+"""The headline levers: compact vocabulary, embedding-neighbour copies, de-duplication, BiLSTM."""
+
+import pytest
+import torch
+
+from kdhelpers.chapters.headline import (
+    compact_vocabulary,
+    embedding_neighbours,
+    neighbour_copies,
+    unique_rows,
+)
+from kdhelpers.chapters.recipes import make_student
+from kdhelpers.pseudo import predict_logits
+
+
+def test_compact_vocabulary_keeps_specials_and_seen_ids_and_maps_the_rest_to_unk():
+    seqs = [[101, 7, 9, 102], [101, 9, 30, 102]]
+    vm = compact_vocabulary(seqs, teacher_size=200, special_ids=(0, 100, 101, 102, 103), unk_id=100)
+    assert vm.kept == (0, 100, 101, 102, 103, 7, 9, 30) and vm.size == 8
+    assert vm.remap([[101, 7, 12, 102]]) == [[2, 5, 1, 3]]  # 12 was never seen: [UNK] (compact 1)
+    assert vm.remap([[0]]) == [[0]]  # padding stays 0
+    table = torch.arange(200.0).unsqueeze(1).repeat(1, 3)
+    assert vm.rows_of(table)[:, 0].tolist() == [0, 100, 101, 102, 103, 7, 9, 30]
+    with pytest.raises(ValueError, match="padding"):
+        compact_vocabulary(seqs, 200, special_ids=(101, 102), unk_id=100)
+    with pytest.raises(ValueError, match="outside"):
+        compact_vocabulary([[260]], 200, special_ids=(0,), unk_id=1)
+
+
+def test_embedding_neighbours_by_hand():
+    table = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    near = embedding_neighbours(table, [0, 1, 2, 3, 4], k=1)
+    assert near == {0: [1], 1: [0], 2: [3], 3: [2], 4: [2]}  # cos(4, 2) = 0 > cos(4, 3)
+    near2 = embedding_neighbours(table, [0, 2, 3, 4], k=2)  # only among the candidates
+    assert near2[0] == [3, 2]
+    with pytest.raises(ValueError, match="more than k"):
+        embedding_neighbours(table, [0, 1], k=2)
+
+
+def test_neighbour_copies_swap_only_replaceable_tokens_and_are_seeded():
+    neighbours = {5: [6], 7: [8]}
+    seqs = [[101, 5, 7, 9, 102]]
+    always = neighbour_copies(seqs, neighbours, n_copies=2, p_replace=1.0, seed=0)
+    assert always == [[101, 6, 8, 9, 102]] * 2  # 9 has no neighbours; specials stay
+    assert neighbour_copies(seqs, neighbours, n_copies=1, p_replace=0.0) == seqs
+    a = neighbour_copies(seqs * 50, neighbours, p_replace=0.5, seed=3)
+    assert a == neighbour_copies(seqs * 50, neighbours, p_replace=0.5, seed=3)
+    assert 0.3 < sum(r[1] == 6 for r in a) / 50 < 0.7
+
+
+def test_unique_rows_drops_repeats_and_excluded_texts():
+    seqs = [[1, 2], [3], [1, 2], [4, 5], [3]]
+    assert unique_rows(seqs) == [0, 1, 3]
+    assert unique_rows(seqs, exclude=[[4, 5]]) == [0, 1]
+
+
+def test_bilstm_student_ignores_padding_and_counts_its_parameters():
+    model = make_student("bilstm", 100, seed=0, embed_dim=16, hidden=8).eval()
+    ids = [[1, 5, 6, 2], [1, 7, 2]]
+    together = predict_logits(model, ids, batch_size=2, device="cpu", sort_by_length=False)
+    alone = torch.cat([predict_logits(model, [x], device="cpu") for x in ids])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    lstm = 2 * 4 * 8 * (16 + 8 + 2)  # two directions, four gates, two bias vectors
+    assert sum(p.numel() for p in model.parameters()) == 100 * 16 + lstm + (2 * 8 * 2 + 2)
+
+
+@pytest.fixture(scope="module")
+def small():
+    from kdhelpers.chapters.recipes import tokenize_splits
+    from kdhelpers.data import load_sentiment
+    from kdhelpers.models import load_teacher
+
+    ds = load_sentiment("movies", seed=0, n_train=24, n_validation=16, n_test=16)
+    ds["unlabeled"] = ds["unlabeled"].select(range(20))
+    teacher, tok = load_teacher()
+    return (
+        tokenize_splits(ds, tok, max_length=24),
+        tok,
+        teacher.get_input_embeddings().weight.detach(),
+    )
+
+
+def test_build_transfer_sources_labels_and_no_held_out_text(small):
+    from kdhelpers.chapters.headline import TransferRecipe, build_transfer
+
+    splits, tok, table = small
+    recipe = TransferRecipe(other_domains=False, tang_copies=2, neighbour_copies=2, seed=1)
+    ts = build_transfer(splits, tok, table, recipe, max_length=24)
+    assert len(ts.split) == len(ts.source) == len(ts.labels)
+    counts = {s: ts.source.count(s) for s in set(ts.source)}
+    origins = {o: ts.origin.count(o) for o in set(ts.origin)}
+    assert counts["real"] == 44 and origins["movie train"] >= 24 and "other domains" not in origins
+    assert 0 < counts["masked copies"] <= 2 * 44 and 0 < counts["neighbour copies"] <= 2 * 44
+    rows = [tuple(s) for s in ts.split.input_ids]
+    assert len(set(rows)) == len(rows)  # no duplicates
+    held_out = {tuple(s) for s in splits["validation"].input_ids + splits["test"].input_ids}
+    assert not held_out & set(rows)
+    labelled = (ts.labels >= 0).nonzero().flatten().tolist()
+    assert labelled == ts.rows_where(source=["real"], origin=["movie train"]) == list(range(24))
+    assert ts.labels[labelled].tolist() == splits["train"].gold.tolist()
+    again = build_transfer(splits, tok, table, recipe, max_length=24)
+    assert again.split.input_ids == ts.split.input_ids  # seeded
+    assert ts.rows_where(source=["real"], origin=["movie pool"]) == list(range(24, 44))
+    copies_of_train = ts.rows_where(source=["masked copies"], origin=["movie train"])
+    assert copies_of_train and all(ts.labels[i] == -1 for i in copies_of_train)
+    with pytest.raises(ValueError, match="no rows"):
+        ts.rows_where(origin=["other domains"])
