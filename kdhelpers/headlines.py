@@ -55,6 +55,16 @@ def _teacher(r: Record) -> list[str]:
 _STUDENT_NAMES = {"bag": "bag of embeddings", "cnn": "word-CNN", "tiny-bert": "2-layer Transformer"}
 
 
+def _model_name(name: str) -> str:
+    """'cnn (KD)' -> 'the distilled word-CNN' (other names as they are)."""
+    kind, _, rest = name.partition(" ")
+    return (
+        f"the distilled {_STUDENT_NAMES[kind]}"
+        if rest == "(KD)" and kind in _STUDENT_NAMES
+        else name
+    )
+
+
 def _distillation(r: Record) -> list[str]:
     m, d = r["metrics"], r.get("details", {})
     n_seeds = len(d.get("seeds", []))
@@ -76,12 +86,12 @@ def _distillation(r: Record) -> list[str]:
     copies = _comparison(r, "cnn: noisy copies vs real rows only (soft)")
     if soft_gold is not None and copies is not None:
         lines.append(
-            "- **Softness or more rows?** For the word-CNN on the same real snippets: "
-            f"{comparison_sentence(soft_gold, 'soft targets', 'gold labels')}; adding the noisy copies: "
-            f"{comparison_sentence(copies, 'with copies', 'without')}."
+            "- **Softness or more rows?** For the word-CNN on the same real snippets, "
+            f"{comparison_sentence(soft_gold, 'training on soft targets', 'training on gold labels')}; "
+            f"{comparison_sentence(copies, 'adding the noisy copies', 'the real snippets alone')}."
         )
     lines.append(
-        f"- **Best student** ({m['best_student']}, chapter 05): {pct(m['best_student_accuracy'])}, that "
+        f"- **Best student** ({_model_name(m['best_student'])}, chapter 05): {pct(m['best_student_accuracy'])}, that "
         f"is {pct(m['best_student_of_teacher'])} of the teacher, with {ratio(m['best_student_fewer_params'])} "
         f"fewer parameters and {ratio(m['best_student_speedup_b1'])} lower batch-1 CPU latency (the "
         "course's latency method, all models timed together). The target of >= 97% of the teacher at "
