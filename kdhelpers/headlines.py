@@ -165,13 +165,37 @@ def _scaling_out(r: Record) -> list[str]:
 
 
 def _language_model(r: Record) -> list[str]:
-    m = r["metrics"]
-    gain = 1 - m["token_kd_test_perplexity"] / m["text_only_test_perplexity"]
+    m, d = r["metrics"], r.get("details", {})
+    if "on_policy_test_perplexity" not in m:  # a record from before the on-policy sections
+        gain = 1 - m["token_kd_test_perplexity"] / m["text_only_test_perplexity"]
+        return [
+            "- **Language model (10)**: token-level KD lowers a character GPT-2 student's test "
+            f"perplexity from {num(m['text_only_test_perplexity'], 2)} (text only) to "
+            f"{num(m['token_kd_test_perplexity'], 2)} ({pct(gain)} lower)."
+        ]
+    n = len(d.get("seeds", []))
+
+    def said(name: str, a: str, b: str, measure: str = "test perplexity") -> str:
+        c = _comparison(r, name)
+        if c is None:
+            return f"{a} against {b}: no comparison recorded"
+        return comparison_sentence(c, a, b, measure=measure, lower_is_better=True)
+
+    off, on = "off-policy, forward KL", "on-policy, forward KL"
+    rev = "on-policy, reverse KL"
+    samples = f"{on} vs {off} (teacher perplexity of samples)"
     return [
-        "- **Language model (10)**: token-level KD lowers a character GPT-2 student's test "
-        f"perplexity from {num(m['text_only_test_perplexity'], 2)} (text only) to "
-        f"{num(m['token_kd_test_perplexity'], 2)} ({pct(gain)} lower); validation perplexities: teacher "
-        f"{num(m['teacher_val_perplexity'], 2)}, sequence-level KD {num(m['sequence_kd_val_perplexity'], 2)}."
+        f"- **Language model (10)**, character GPT-2 students, test perplexity, means over {n} "
+        f"seeds (teacher {num(m['teacher_test_perplexity'], 2)}): text only "
+        f"{num(m['text_only_test_perplexity'], 2)}, token-level KD {num(m['token_kd_test_perplexity'], 2)} "
+        f"({said('token-level KD vs text only', 'token-level KD', 'text only')}). Continuing from the "
+        f"text-only student at an equal teacher budget: off-policy {num(m['off_policy_test_perplexity'], 2)}, "
+        f"on-policy {num(m['on_policy_test_perplexity'], 2)}, on-policy reverse KL "
+        f"{num(m['reverse_kl_test_perplexity'], 2)}, sequence-level KD on the teacher's greedy output "
+        f"{num(m['seq_kd_greedy_test_perplexity'], 2)}; "
+        f"{said(f'{on} vs {off}', 'on-policy', 'off-policy')}; on the students' own samples, "
+        f"{said(samples, 'on-policy', 'off-policy', 'teacher perplexity')}; "
+        f"reverse vs forward KL: {said(f'{rev} vs {on}', 'reverse KL', 'forward KL')}."
     ]
 
 

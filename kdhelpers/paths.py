@@ -50,3 +50,8 @@ def cache_dir() -> Path:
 def notebooks_dir() -> Path:
     """The course notebooks folder of the checkout."""
     return project_root() / "notebooks"
+
+
+def benchmarks_dir() -> Path:
+    """The committed benchmark and script runs (benchmarks/), e.g. the headline run chapter 06 shows."""
+    return project_root() / "benchmarks"

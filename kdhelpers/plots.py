@@ -259,3 +259,71 @@ def scatter_tradeoff(
     ax.set_title(title + (f" (marker area ~ {size})" if size else ""))
     fig.tight_layout()
     return fig
+
+
+def seed_points(
+    scores: Mapping[str, Mapping[int, float]],
+    xlabel: str,
+    title: str = "",
+    reference: Mapping[str, float] | None = None,
+) -> Figure:
+    """One row per model: a dot per seed, a bar at the mean; `reference` adds labelled vertical lines."""
+    if not scores:
+        raise ValueError("scores is empty: give {model name: {seed: score}}")
+    empty = [name for name, by_seed in scores.items() if not by_seed]
+    if empty:
+        raise ValueError(f"scores[{empty[0]!r}] holds no seed")
+    names = list(scores)
+    fig, ax = new_figure(width=6.5, height=0.9 + 0.45 * len(names))
+    for row, name in enumerate(names):
+        values = [float(v) for v in scores[name].values()]
+        ax.scatter(values, [row] * len(values), s=18, color="tab:blue", alpha=0.7)
+        ax.plot([np.mean(values)] * 2, [row - 0.3, row + 0.3], color="black", lw=2)
+    for label, value in (reference or {}).items():
+        ax.axvline(float(value), color="tab:red", ls="--", lw=1)
+        ax.annotate(label, (float(value), len(names) - 0.5), color="tab:red", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title + " (dots: seeds, bar: mean)")
+    fig.tight_layout()
+    return fig
+
+
+def seed_curve(
+    x: Sequence[float],
+    scores: Sequence[Mapping[int, float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    reference: Mapping[str, float] | None = None,
+    logx: bool = False,
+) -> Figure:
+    """A mean curve over seeds with every seed's point: scores[i] holds {seed: score} at x[i];
+    `reference` adds labelled horizontal lines (e.g. the teacher, a target)."""
+    if len(x) != len(scores) or not len(x):
+        raise ValueError(f"x has {len(x)} values but scores has {len(scores)}: give one dict per x")
+    empty = [i for i, by_seed in enumerate(scores) if not by_seed]
+    if empty:
+        raise ValueError(f"scores[{empty[0]}] holds no seed")
+    fig, ax = new_figure(width=6.0, height=4.0)
+    for xi, by_seed in zip(x, scores, strict=True):
+        values = [float(v) for v in by_seed.values()]
+        ax.scatter([xi] * len(values), values, s=14, color="tab:blue", alpha=0.6)
+    ax.plot(
+        x, [float(np.mean(list(s.values()))) for s in scores], "o-", color="black", label="mean"
+    )
+    for (label, value), colour in zip(
+        (reference or {}).items(), ("tab:red", "tab:green", "tab:orange"), strict=False
+    ):
+        ax.axhline(float(value), color=colour, ls="--", lw=1, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title + " (dots: seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import stats as _scipy_stats
 
-from kdhelpers.numfmt import points
+from kdhelpers.numfmt import num, points
 from kdhelpers.validate import check_int, check_number, check_seed
 
 #: Seeds the course asks for before a comparison is stated (the helpers refuse fewer than 2).
@@ -328,9 +328,21 @@ def mcnemar_test(
 
 
 def comparison_sentence(
-    comparison: Comparison, a_label: str | None = None, b_label: str | None = None
+    comparison: Comparison,
+    a_label: str | None = None,
+    b_label: str | None = None,
+    *,
+    measure: str | None = None,
+    lower_is_better: bool = False,
+    digits: int = 2,
 ) -> str:
-    """One sentence: 'KD beats labels by 2.3 points, 95% interval [1.1, 3.5], 3 seeds'."""
+    """One sentence: 'KD beats labels by 2.3 points, 95% interval [1.1, 3.5], 3 seeds'.
+
+    Scores are fractions shown in percentage points unless `measure` names another quantity
+    (e.g. "perplexity"): then the difference is shown with `digits` decimals ('token KD beats text
+    only: perplexity 2.64 lower, 95% interval [...]'), and with lower_is_better a negative A - B
+    is the better side.
+    """
     if not isinstance(comparison, Comparison):
         raise TypeError(f"comparison must be a Comparison (got {type(comparison).__name__})")
     if a_label is None or b_label is None:
@@ -347,6 +359,10 @@ def comparison_sentence(
     runs = (
         f"{n} seeds" if n >= 2 else ("1 seed" if n == 1 else "one run") + ", test-set interval only"
     )
+    if measure is not None:
+        return _measured_sentence(c, a_label, b_label, measure, lower_is_better, digits, runs)
+    if lower_is_better:
+        raise ValueError("lower_is_better needs a measure, e.g. measure='perplexity'")
     tail = (
         f"{_level(c.confidence)} interval [{points(c.ci_low, signed=False, unit=False)}, "
         f"{points(c.ci_high, signed=False, unit=False)}], {runs}"
@@ -357,6 +373,34 @@ def comparison_sentence(
         return f"{a_label} trails {b_label} by {points(-c.diff, signed=False)}, {tail}"
     verdict = "not distinguishable from zero"
     return f"{a_label} differs from {b_label} by {points(c.diff)}, {tail}: {verdict}"
+
+
+def _measured_sentence(
+    c: Comparison,
+    a_label: str,
+    b_label: str,
+    measure: str,
+    lower_is_better: bool,
+    digits: int,
+    runs: str,
+) -> str:
+    """comparison_sentence for a score in its own units (perplexity, seconds...)."""
+    if not isinstance(measure, str) or not measure.strip():
+        raise ValueError(f"measure must name the score, e.g. 'perplexity' (got {measure!r})")
+    digits = check_int("digits", digits, 0, 10)
+    tail = f"{_level(c.confidence)} interval [{num(c.ci_low, digits)}, {num(c.ci_high, digits)}], {runs}"
+    size = num(abs(c.diff), digits)
+    better_a = c.ci_high < 0 if lower_is_better else c.ci_low > 0
+    worse_a = c.ci_low > 0 if lower_is_better else c.ci_high < 0
+    direction = "lower" if c.diff < 0 else "higher"
+    if better_a:
+        return f"{a_label} beats {b_label}: {measure} {size} {direction}, {tail}"
+    if worse_a:
+        return f"{a_label} trails {b_label}: {measure} {size} {direction}, {tail}"
+    return (
+        f"{a_label} differs from {b_label} by {num(c.diff, digits)} in {measure}, {tail}: "
+        "not distinguishable from zero"
+    )
 
 
 def _level(confidence: float) -> str:

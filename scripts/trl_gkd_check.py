@@ -1,20 +1,20 @@
 """Run TRL's GKDTrainer and kdhelpers.chapters.lm.onpolicy.distill_on_policy on the same tiny course-style LMs, offline.
 
-Needs `trl` (see docs/onpolicy-notes.md: a separate virtualenv). Both students start from the
+Needs `trl` (in the course's dev extras). Chapter 10 runs the same comparison on its own models
+through `kdhelpers.chapters.lm.distill_with_trl`; this script keeps the step-by-step loss record
+that explains TRL's loss normalisation (docs/onpolicy-notes.md). Both students start from the
 same weights and are distilled from the same (briefly trained) teacher with the same settings;
 the script prints both training losses and the same sample metrics for both, so a reader can
 check they are comparable. CPU only, about a minute or two.
 
-    PYTHONPATH=. /tmp/trl-venv/bin/python scripts/trl_gkd_check.py
+    python scripts/trl_gkd_check.py
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -57,50 +57,9 @@ HELD_OUT = [
 STEPS, BATCH, LR, LMBDA, BETA, TEMPERATURE, PROMPT, NEW, SEED = 20, 8, 3e-3, 1.0, 0.5, 1.0, 6, 24, 0
 
 
-def char_tokenizer_fast(tok: lm.CharTokenizer):
-    """The course's character tokenizer as a transformers PreTrainedTokenizerFast (same ids)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok.token(i): i for i in range(tok.vocab_size)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
-
-
-class PromptCollator:
-    """Batches of prompt (first PROMPT ids) + reference continuation in the fields GKDTrainer reads."""
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        seqs = [list(e["input_ids"])[: PROMPT + NEW] for e in examples]
-        ids, attn = lm.pad_batch(seqs)
-        labels = ids.clone()
-        labels[attn == 0] = -100
-        labels[:, :PROMPT] = -100
-        prompts = ids[:, :PROMPT].clone()
-        return {
-            "input_ids": ids,
-            "attention_mask": attn,
-            "labels": labels,
-            "prompts": prompts,
-            "prompt_attention_mask": torch.ones_like(prompts),
-        }
-
-
 def main() -> None:
     """Train a teacher briefly, then distil one student copy with TRL and one with kdhelpers; print both."""
-    import trl
-    from datasets import Dataset
-    from transformers import GPT2LMHeadModel, TrainerCallback
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
-
-    print(f"trl {trl.__version__}, torch {torch.__version__}")
+    print(f"trl {lm.trl_version()}, torch {torch.__version__}")
     tok = lm.build_char_tokenizer(TEXTS + HELD_OUT)
     seqs = tok.encode_batch(TEXTS)
     held_out = tok.encode_batch(HELD_OUT)
@@ -118,93 +77,6 @@ def main() -> None:
     student0 = lm.make_lm(
         tok.vocab_size, n_layer=1, n_embd=16, n_head=2, n_positions=64, dropout=0.0, seed=SEED + 1
     )
-
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        teacher.save_pretrained(root / "teacher")
-        student0.save_pretrained(root / "student")
-        hf_tok = char_tokenizer_fast(tok)
-        hf_tok.save_pretrained(root / "student")
-        assert hf_tok(TEXTS[0], add_special_tokens=False)["input_ids"] == tok.encode(TEXTS[0])[1:-1]
-
-        trl_student = GPT2LMHeadModel.from_pretrained(root / "student")
-        trl_teacher = GPT2LMHeadModel.from_pretrained(root / "teacher")
-        args = GKDConfig(
-            output_dir=str(root / "out"),
-            max_steps=STEPS,
-            per_device_train_batch_size=BATCH,
-            learning_rate=LR,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            lmbda=LMBDA,
-            beta=BETA,
-            temperature=TEMPERATURE,
-            max_new_tokens=NEW,
-            seq_kd=False,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=SEED,
-            disable_tqdm=True,
-        )
-        losses: list[float] = []
-
-        class Losses(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-                if logs and "loss" in logs:
-                    losses.append(float(logs["loss"]))
-
-        # Record, per call, TRL's loss and the same JSD averaged over the generated tokens: the Trainer
-        # normalises by num_items_in_batch, counted from the collated (reference) labels before
-        # GKDTrainer.training_step swaps in the student's samples.
-        per_token: list[float] = []
-        counts: list[tuple[int, int]] = []
-        original = GKDTrainer.generalized_jsd_loss
-
-        def recording(
-            student_logits,
-            teacher_logits,
-            labels=None,
-            beta=0.5,
-            temperature=1.0,
-            reduction="batchmean",
-            num_items_in_batch=None,
-        ):  # noqa: ANN001
-            mean = original(
-                student_logits, teacher_logits, labels=labels, beta=beta, temperature=temperature
-            )
-            per_token.append(float(mean.detach()))
-            if labels is not None and num_items_in_batch is not None:
-                counts.append((int((labels != -100).sum()), int(num_items_in_batch)))
-            return original(
-                student_logits,
-                teacher_logits,
-                labels,
-                beta,
-                temperature,
-                reduction,
-                num_items_in_batch,
-            )
-
-        GKDTrainer.generalized_jsd_loss = staticmethod(recording)
-        trainer = GKDTrainer(
-            model=trl_student,
-            teacher_model=trl_teacher,
-            args=args,
-            data_collator=PromptCollator(),
-            train_dataset=Dataset.from_dict({"input_ids": seqs}),
-            processing_class=hf_tok,
-            callbacks=[Losses()],
-        )
-        start = time.perf_counter()
-        trainer.train()
-        trl_seconds = time.perf_counter() - start
-        trl_student = trainer.model.cpu().eval()
-
-    ours = copy.deepcopy(student0)
     config = OnPolicyConfig(
         steps=STEPS,
         batch_size=BATCH,
@@ -219,6 +91,11 @@ def main() -> None:
         max_grad_norm=1.0,
         seed=SEED,
     )
+    trl_student, trl_history = lm.distill_with_trl(student0, teacher, tok, seqs, config)
+    losses, per_token, counts = (trl_history[k] for k in ("loss", "per_token_loss", "loss_tokens"))
+    trl_seconds = trl_history["seconds"]
+
+    ours = copy.deepcopy(student0)
     history = distill_on_policy(ours, teacher, seqs, config, device="cpu")
 
     def row(values: list[float]) -> str:

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from kdhelpers.chapters.headline import (
+    HEADLINE_PLANS,
+    HeadlinePlan,
+    TransferRecipe,
     compact_vocabulary,
     embedding_neighbours,
     neighbour_copies,
@@ -105,3 +108,16 @@ def test_build_transfer_sources_labels_and_no_held_out_text(small):
     assert copies_of_train and all(ts.labels[i] == -1 for i in copies_of_train)
     with pytest.raises(ValueError, match="no rows"):
         ts.rows_where(origin=["other domains"])
+
+
+def test_headline_plans_are_checked():
+    assert {"quick", "standard", "full", "cpu-full"} <= set(HEADLINE_PLANS)
+    for plan in HEADLINE_PLANS.values():
+        assert plan.sizes[-1] == 0 and len(plan.seeds) >= 3  # every row last; 3 seeds for intervals
+    recipe = TransferRecipe(tang_copies=1, neighbour_copies=1)
+    with pytest.raises(ValueError, match="sizes must end with 0"):
+        HeadlinePlan(recipe=recipe, sizes=(100,), seeds=(0,), epochs=1)
+    with pytest.raises(ValueError, match="kind"):
+        HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, kind="rnn")
+    with pytest.raises(TypeError, match="recipe"):
+        HeadlinePlan(recipe={}, sizes=(0,), seeds=(0,), epochs=1)

@@ -2,6 +2,7 @@
 helpers, sample metrics."""
 
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from kdhelpers.chapters.lm.onpolicy import (
     sample_continuations,
     sample_metrics,
     sequence_kd_targets,
+    token_entropy,
 )
 from kdhelpers.divergences import DivergenceConfig
 from kdhelpers.losses import kd_kl
@@ -348,3 +350,77 @@ def test_exposure_bias_gap_and_sample_metrics(tok, seqs, teacher):
     assert 0 < metrics["distinct_n"] <= 1 and 0 <= metrics["repetition_rate"] < 1
     with pytest.raises(TypeError, match="config"):
         sample_metrics(student, teacher, seqs, {"prompt_len": 3})
+
+
+# ---------------------------------------------------------------- entropy, settings, TRL bridge
+
+
+def test_token_entropy_matches_a_hand_computation(seqs, teacher):
+    k = 2
+    got = token_entropy(teacher, seqs, prompt_len=k, batch_size=2)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for s in seqs:
+            if len(s) <= k:
+                continue
+            probs = torch.softmax(teacher(input_ids=torch.tensor([s])).logits[0].double(), -1)
+            for pos in range(k - 1, len(s) - 1):  # the positions that predict tokens k .. end
+                p = probs[pos]
+                total += float(-(p * p.log()).sum())
+                n += 1
+    assert got == pytest.approx(total / n, rel=1e-5)
+
+
+def test_token_entropy_of_a_uniform_model_is_log_vocab(tok, seqs):
+    model = lm.make_lm(tok.vocab_size, n_layer=1, n_embd=8, n_head=2, n_positions=32, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: the uniform distribution
+    assert token_entropy(model, seqs) == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
+    with pytest.raises(ValueError, match="prompt_len"):
+        token_entropy(model, [[1, 2]], prompt_len=2)
+
+
+def test_gkd_settings_are_checked():
+    base = lm.LM_GKD_SETTINGS["quick"]
+    assert {"quick", "standard", "full"} <= set(lm.LM_GKD_SETTINGS)
+    with pytest.raises(ValueError, match="teacher_budget"):
+        dataclasses.replace(base, teacher_budget=0)
+    with pytest.raises(TypeError, match="gap_student"):
+        dataclasses.replace(base, gap_student=(1, 8, 2))
+
+
+def test_trl_bridge_refuses_what_gkdtrainer_cannot_do(tok, seqs, teacher):
+    student = tiny(tok.vocab_size, seed=2, n_embd=8)
+    for change, match in (
+        (dict(loss_temperature=2.0), "loss_temperature"),
+        (dict(seq_kd=True), "seq_kd"),
+        (dict(max_teacher_tokens=100), "max_teacher_tokens"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            lm.distill_with_trl(student, teacher, tok, seqs, config(**change))
+
+
+def test_gkd_collator_masks_prompt_and_padding(seqs):
+    batch = lm.GKDCollator(prompt_len=K, max_new_tokens=NEW)([{"input_ids": s} for s in seqs[:3]])
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape[1] <= K + NEW
+    assert (labels[:, :K] == -100).all()
+    assert ((labels == -100) | (labels == ids)).all()
+    assert (labels[batch["attention_mask"] == 0] == -100).all()
+    assert torch.equal(batch["prompts"], ids[:, :K])
+
+
+@pytest.mark.skipif(lm.trl_version() is None, reason="needs trl (the dev extras)")
+def test_trl_gkdtrainer_trains_a_copy_and_leaves_the_student(tok, seqs, teacher):
+    student = tiny(tok.vocab_size, seed=2, n_embd=8)
+    before = params(student)
+    trained, history = lm.distill_with_trl(
+        student, teacher, tok, seqs, config(steps=2, lmbda=1.0, divergence="reverse")
+    )
+    assert trained is not student
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    after = trained.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+    assert len(history["loss"]) == 2 and len(history["per_token_loss"]) >= 2
+    assert all(math.isfinite(v) and v >= 0 for v in history["per_token_loss"])
+    assert history["trl_version"] == lm.trl_version()

@@ -5,7 +5,13 @@ import torch
 from matplotlib.figure import Figure
 
 from kdhelpers.losses import soft_targets
-from kdhelpers.plots import line_plot, temperature_softmax, training_curves
+from kdhelpers.plots import (
+    line_plot,
+    seed_curve,
+    seed_points,
+    temperature_softmax,
+    training_curves,
+)
 
 
 def test_temperature_softmax_bars_match_soft_targets():
@@ -95,3 +101,33 @@ def test_heatmap_colour_range_and_axis_words():
         "batch-1 latency (ms)",
         "test accuracy",
     )
+
+
+def test_seed_points_one_row_per_model_and_reference_lines():
+    scores = {"a": {0: 1.0, 1: 2.0, 2: 3.0}, "b": {0: 4.0, 1: 5.0}}
+    fig = seed_points(scores, "test perplexity", "Students", reference={"teacher": 0.5})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert len(ax.collections) == 2  # one scatter per model
+    means = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-"]
+    assert means == pytest.approx([2.0, 4.5])
+    with pytest.raises(ValueError, match="b"):
+        seed_points({"a": {0: 1.0}, "b": {}}, "x")
+    with pytest.raises(ValueError, match="empty"):
+        seed_points({}, "x")
+
+
+def test_seed_curve_mean_line_seed_dots_and_references():
+    fig = seed_curve(
+        [10, 100], [{0: 0.5, 1: 0.7}, {0: 0.8, 1: 0.9}], "rows", "accuracy", "Curve",
+        reference={"teacher": 0.95, "97% of it": 0.92}, logx=True,
+    )  # fmt: skip
+    ax = fig.axes[0]
+    mean_line = next(line for line in ax.lines if line.get_label() == "mean")
+    assert list(mean_line.get_ydata()) == pytest.approx([0.6, 0.85])
+    assert len(ax.collections) == 2 and ax.get_xscale() == "log"
+    assert {line.get_label() for line in ax.lines} >= {"teacher", "97% of it"}
+    with pytest.raises(ValueError, match="one dict per x"):
+        seed_curve([1, 2], [{0: 1.0}], "x", "y")
+    with pytest.raises(ValueError, match="holds no seed"):
+        seed_curve([1], [{}], "x", "y")

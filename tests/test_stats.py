@@ -390,3 +390,34 @@ def test_spearman_interval_against_scipy_and_coverage():
         spearman_interval([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="at least 3"):
         spearman_interval([1, 2], [1, 2])
+
+
+# ---------------------------------------------------------------- sentences in a score's own units
+
+
+@pytest.mark.parametrize(
+    ("diff", "low", "high", "lower", "expected"),
+    [
+        (-2.7, -3.13, -2.27, True,
+         "KD beats text: perplexity 2.70 lower, 95% interval [-3.13, -2.27], 3 seeds"),
+        (2.7, 2.27, 3.13, True,
+         "KD trails text: perplexity 2.70 higher, 95% interval [2.27, 3.13], 3 seeds"),
+        (2.7, 2.27, 3.13, False,
+         "KD beats text: perplexity 2.70 higher, 95% interval [2.27, 3.13], 3 seeds"),
+        (-0.7, -9.53, 8.13, True,
+         "KD differs from text by -0.70 in perplexity, 95% interval [-9.53, 8.13], "
+         "3 seeds: not distinguishable from zero"),
+    ],
+)  # fmt: skip
+def test_comparison_sentence_in_a_measure(diff, low, high, lower, expected) -> None:
+    c = Comparison("KD vs text", 10.0 + diff, 10.0, diff, low, high, [0, 1, 2])
+    got = comparison_sentence(c, measure="perplexity", lower_is_better=lower)
+    assert got == expected
+
+
+def test_comparison_sentence_measure_errors() -> None:
+    c = Comparison("KD vs text", 8.0, 10.0, -2.0, -3.0, -1.0, [0, 1, 2])
+    with pytest.raises(ValueError, match="lower_is_better needs a measure"):
+        comparison_sentence(c, lower_is_better=True)
+    with pytest.raises(ValueError, match="measure must name"):
+        comparison_sentence(c, measure=" ")

@@ -11,16 +11,40 @@ Three levers that the students of chapter 05 leave unused:
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import platform
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from kdhelpers.augment import augment_token_ids
-from kdhelpers.chapters.recipes import TextSplit, concat_splits, tokenize_splits
+from kdhelpers.batching import TextExamples
+from kdhelpers.chapters.recipes import (
+    StudentConfig,
+    TextSplit,
+    chosen_alpha_temperature,
+    concat_splits,
+    course_settings,
+    course_teacher,
+    make_student,
+    split_accuracy,
+    teacher_logits,
+    tokenize_splits,
+    train_student,
+)
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
+from kdhelpers.latency import measure_latency, speedup
+from kdhelpers.models import count_parameters, project_teacher_embeddings
+from kdhelpers.paths import benchmarks_dir
+from kdhelpers.stats import compare_seeds, over_seeds
+from kdhelpers.train import make_kd_loss
 from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
 
 #: The VADER domains besides movies: their sentences are extra unlabelled text for the transfer set.
@@ -301,3 +325,210 @@ def build_transfer(
     labelled = [i for i, k in enumerate(keep) if k < n_lab]  # the real movie train rows come first
     labels[labelled] = splits["train"].gold[[keep[i] for i in labelled]]
     return TransferSet(split, [source[k] for k in keep], [origin[k] for k in keep], labels)
+
+
+# ---------------------------------------------------------------- the experiment
+
+
+#: Student sizes per kind: about 2 M parameters with a compact vocabulary of about 16,000 pieces.
+HEADLINE_STUDENTS: dict[str, dict[str, Any]] = {
+    "cnn": {"embed_dim": 100, "channels": 192, "widths": (2, 3, 4, 5)},
+    "bilstm": {"embed_dim": 100, "hidden": 160},
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadlinePlan:
+    """One headline run: the transfer recipe, the nested transfer sizes (0: every row), seeds,
+    epochs, whether to run the source ablation, how many test snippets to time, the student kind."""
+
+    recipe: TransferRecipe
+    sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    ablation: bool = False
+    latency_inputs: int = 200
+    kind: str = "cnn"
+    lr: float = 1e-3
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recipe, TransferRecipe):
+            raise TypeError(f"recipe must be a TransferRecipe (got {type(self.recipe).__name__})")
+        if not self.sizes or self.sizes[-1] != 0:
+            raise ValueError(f"sizes must end with 0 (every row) (got {self.sizes!r})")
+        for n in self.sizes:
+            check_int("sizes[...]", n, 0)
+        if len(self.seeds) < 1:
+            raise ValueError("seeds must hold at least one seed")
+        for s in self.seeds:
+            check_seed("seeds[...]", s)
+        check_int("epochs", self.epochs, 1)
+        check_int("latency_inputs", self.latency_inputs, 1)
+        if self.kind not in HEADLINE_STUDENTS:
+            raise ValueError(f"kind must be one of {sorted(HEADLINE_STUDENTS)} (got {self.kind!r})")
+        check_number("lr", self.lr, 0.0, strict_min=True)
+        check_int("batch_size", self.batch_size, 1)
+
+
+#: The plans: `quick` (CI smoke test), `standard` (chapter 06 on a CPU, minutes), `cpu-full` (the
+#: committed run of scripts/headline_run.py, about an hour and a half on 2 cores).
+HEADLINE_PLANS: dict[str, HeadlinePlan] = {
+    "quick": HeadlinePlan(
+        recipe=TransferRecipe(other_domain_rows=100, tang_copies=1, neighbour_copies=1),
+        sizes=(200, 0), seeds=(0, 1, 2), epochs=1, latency_inputs=40,
+    ),
+    "standard": HeadlinePlan(
+        recipe=TransferRecipe(other_domain_rows=3000, tang_copies=1, neighbour_copies=1),
+        sizes=(6000, 0), seeds=(0, 1, 2), epochs=4, latency_inputs=200,
+    ),
+    "full": HeadlinePlan(
+        recipe=TransferRecipe(tang_copies=8, neighbour_copies=8),
+        sizes=(25_000, 50_000, 100_000, 0), seeds=(0, 1, 2), epochs=8, latency_inputs=400,
+    ),
+    "cpu-full": HeadlinePlan(
+        recipe=TransferRecipe(tang_copies=8, neighbour_copies=8),
+        sizes=(25_000, 50_000, 100_000, 0), seeds=(0, 1, 2), epochs=6, latency_inputs=400,
+    ),
+}  # fmt: skip
+
+
+def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict[str, Any]:
+    """Build and label the transfer set, train the student on nested subsets over the plan's seeds,
+    time the student beside the teacher; returns the JSON-ready record chapter 06 shows.
+
+    The teacher, alpha and T are chapter 03's and chapter 05's for `profile`. Each size's rows hold
+    every labelled movie row plus the first rows of one seeded shuffle of the others, so the
+    subsets are nested. The record's 'headline' is the largest size, averaged over the seeds.
+    """
+    if not isinstance(plan, HeadlinePlan):
+        raise TypeError(f"plan must be a HeadlinePlan (got {type(plan).__name__})")
+    settings = course_settings(profile, 0)
+    teacher, tokenizer, splits, _, _ = course_teacher(settings, device)
+    teacher_acc = split_accuracy(teacher, splits["test"], device)
+    table = teacher.get_input_embeddings().weight.detach().cpu()
+    t0 = time.perf_counter()
+    transfer = build_transfer(splits, tokenizer, table, plan.recipe, settings.max_length)
+    build_s = time.perf_counter() - t0
+    sources = {
+        f"{o}, {s}": len(transfer.rows_where(source=[s], origin=[o]))
+        for o in sorted(set(transfer.origin))
+        for s in sorted(set(transfer.source))
+    }
+    t0 = time.perf_counter()
+    name = f"headline-{len(transfer.split)}-{plan.recipe.seed}"
+    logits = teacher_logits(teacher, transfer.split, device, name=name)
+    label_s = time.perf_counter() - t0
+    vm = compact_vocabulary(
+        transfer.split.input_ids,
+        tokenizer.vocab_size,
+        [0, *tokenizer.all_special_ids],
+        tokenizer.unk_token_id,
+    )
+    ids = vm.remap(transfer.split.input_ids)
+    val, test = remap_split(splits["validation"], vm), remap_split(splits["test"], vm)
+    alpha, temperature, from_05 = chosen_alpha_temperature(profile)
+    sizes = HEADLINE_STUDENTS[plan.kind]
+    embeddings = vm.rows_of(project_teacher_embeddings(teacher, sizes["embed_dim"])[0])
+    config = StudentConfig(epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size)
+    labelled = (transfer.labels >= 0).nonzero().flatten().tolist()
+    g = torch.Generator().manual_seed(0)
+    is_labelled = set(labelled)
+    others = [i for i in torch.randperm(len(ids), generator=g).tolist() if i not in is_labelled]
+
+    def train(rows: list[int], seed: int, desc: str) -> tuple[float, dict, torch.nn.Module]:
+        """Test accuracy, history and model of a fresh student trained on the transfer rows `rows`."""
+        model = make_student(plan.kind, vm.size, embeddings, seed=seed, **sizes)
+        data = TextExamples([ids[i] for i in rows], transfer.labels[rows], logits[rows])
+        loss = make_kd_loss(alpha, temperature)
+        hist = train_student(model, data, val, loss, device, config.replace(seed=seed), desc)
+        return split_accuracy(model, test, device), hist, model
+
+    variants = {
+        "without the other domains": transfer.rows_where(origin=["movie train", "movie pool"]),
+        "without neighbour copies": transfer.rows_where(source=["real", "masked copies"]),
+        "without masked copies": transfer.rows_where(source=["real", "neighbour copies"]),
+    }
+    sizes_to_run = [n for n in plan.sizes if n == 0 or n < len(ids)]
+    if plan.ablation:  # random subsets of the same sizes: the paired controls of the ablation
+        sizes_to_run = sorted({*sizes_to_run[:-1], *(len(r) for r in variants.values())}) + [0]
+    curve, models = [], {}
+    for n in sizes_to_run:
+        rows = labelled + (others if n == 0 else others[: max(0, n - len(labelled))])
+        point = {"rows": len(rows), "accuracy": {}, "best_epoch": {}, "epoch_limit": plan.epochs}
+        for seed in plan.seeds:
+            acc, hist, model = train(rows, seed, f"{len(rows)} rows, seed {seed}")
+            point["accuracy"][seed], point["best_epoch"][seed] = acc, hist["best_epoch"]
+            if n == 0:
+                models[seed] = model
+        curve.append(point)
+    per_seed = curve[-1]["accuracy"]
+    mean = over_seeds(per_seed) if len(per_seed) > 1 else None
+    mean_acc = mean.mean if mean is not None else next(iter(per_seed.values()))
+    comparisons, ablation = [], []
+    if plan.ablation:
+        by_size = {point["rows"]: point["accuracy"] for point in curve}
+        for variant, rows in variants.items():
+            accs = {seed: train(rows, seed, f"{variant}, seed {seed}")[0] for seed in plan.seeds}
+            ablation.append({"variant": variant, "rows": len(rows), "accuracy": accs})
+            comparisons.append(compare_seeds(f"all sources vs {variant}", per_seed, accs).as_dict())
+            comparisons.append(
+                compare_seeds(
+                    f"random rows vs {variant} (same size)", by_size[len(rows)], accs
+                ).as_dict()
+            )
+    student = models[plan.seeds[0]].to("cpu")
+    cpu_teacher = teacher.to("cpu")
+    n_lat = min(plan.latency_inputs, len(test.input_ids))
+    models_cpu = {"teacher": cpu_teacher, "student": student}
+    inputs = {"teacher": splits["test"].input_ids[:n_lat], "student": test.input_ids[:n_lat]}
+    lat1 = measure_latency(models_cpu, inputs, min_inputs=min(200, n_lat))
+    n64 = max(1, len(test.input_ids) // 64)
+    inputs64 = {
+        "teacher": splits["test"].input_ids[: n64 * 64],
+        "student": test.input_ids[: n64 * 64],
+    }
+    lat64 = measure_latency(models_cpu, inputs64, batch_size=64, warmup=2, min_inputs=n64)
+    n_student, n_teacher = count_parameters(student), count_parameters(cpu_teacher)
+    return {
+        "date": dt.date.today().isoformat(),
+        "profile": profile,
+        "plan": {**asdict(plan), "recipe": asdict(plan.recipe)},
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": lat1["teacher"].threads},
+        "teacher_accuracy": teacher_acc,
+        "alpha": alpha,
+        "temperature": temperature,
+        "alpha_temperature_from_chapter_05": from_05,
+        "transfer_rows": len(ids),
+        "sources": sources,
+        "build_seconds": build_s,
+        "labelling_seconds": label_s,
+        "vocabulary": vm.size,
+        "student": {"kind": plan.kind, **sizes, "parameters": n_student},
+        "curve": curve,
+        "ablation": ablation,
+        "comparisons": comparisons,
+        "headline": {
+            "of_teacher": mean_acc / teacher_acc,
+            "accuracy_mean": mean_acc,
+            "accuracy_std": mean.std if mean is not None else None,
+            "per_seed": per_seed,
+            "fewer_params": n_teacher / n_student,
+            "speedup_b1": speedup(lat1["teacher"], lat1["student"]),
+            "speedup_b64": speedup(lat64["teacher"], lat64["student"]),
+            "latency": {m: {"b1": lat1[m].as_dict(), "b64": lat64[m].as_dict()} for m in lat1},
+        },
+    }  # fmt: skip
+
+
+def load_headline_run(path: Path | None = None) -> dict[str, Any] | None:
+    """The committed headline run (benchmarks/headline.json by default), or None when there is none."""
+    path = benchmarks_dir() / "headline.json" if path is None else Path(path)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    missing = {"headline", "curve", "teacher_accuracy", "transfer_rows"} - set(record)
+    if missing:
+        raise ValueError(f"{path} is not a headline run: it lacks {sorted(missing)}")
+    return record

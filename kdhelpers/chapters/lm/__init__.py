@@ -5,7 +5,9 @@ download), a training loop whose loss is `kdhelpers.losses.distillation_loss` wi
 perplexity, sampling with a key/value cache, and a generation-speed measurement.
 
 Modules: `tokenizer` (characters as tokens), `model` (tiny GPT-2, KD loss, perplexity),
-`training` (settings, texts, the training loop, checkpoints), `generation` (sampling, speed).
+`training` (settings, texts, the training loop, checkpoints), `generation` (sampling, speed),
+`onpolicy` (GKD-style on-policy KD, sequence-level KD, sample metrics), `trl_bridge` (the same
+run through TRL's GKDTrainer).
 Everything public is importable from `kdhelpers.chapters.lm` itself.
 """
 
@@ -21,6 +23,23 @@ from kdhelpers.chapters.lm.model import (  # noqa: F401
     nll_sum,
     perplexity,
     token_logits,
+)
+from kdhelpers.chapters.lm.onpolicy import (  # noqa: F401
+    LM_GKD_SETTINGS,
+    EvalConfig,
+    GKDSettings,
+    OnPolicyConfig,
+    continuation_perplexity,
+    distill_on_policy,
+    distinct_n,
+    exposure_bias_gap,
+    greedy_continuations,
+    onpolicy_prompts,
+    repetition_rate,
+    sample_continuations,
+    sample_metrics,
+    sequence_kd_targets,
+    token_entropy,
 )
 from kdhelpers.chapters.lm.tokenizer import (  # noqa: F401
     BOS_ID,
@@ -48,4 +67,10 @@ from kdhelpers.chapters.lm.training import (  # noqa: F401
     lm_teacher,
     load_or_train_lm,
     train_lm,
+)
+from kdhelpers.chapters.lm.trl_bridge import (  # noqa: F401
+    GKDCollator,
+    char_tokenizer_fast,
+    distill_with_trl,
+    trl_version,
 )

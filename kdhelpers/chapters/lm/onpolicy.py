@@ -18,7 +18,7 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from kdhelpers.chapters.lm.model import lm_logits
 from kdhelpers.chapters.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_batch
+from kdhelpers.chapters.lm.training import LMSize
 from kdhelpers.device import get_device, seeded
 from kdhelpers.divergences import DIVERGENCES, Divergence, DivergenceConfig, token_divergence
 from kdhelpers.progress import progress_bar
@@ -113,6 +114,64 @@ class EvalConfig:
         check_int("ngram", self.ngram, 1)
         check_int("batch_size", self.batch_size, 1)
         check_seed("seed", self.seed)
+
+
+@dataclass(frozen=True)
+class GKDSettings:
+    """Chapter 10's sizes for on-policy KD, sequence-level KD, the TRL run and the capacity gap, one profile.
+
+    Every distillation run of a comparison stops at `teacher_budget` teacher tokens (or `steps`);
+    `gap_teachers` are the teacher sizes of the capacity-gap curve (the chapter's teacher is the
+    largest) and `gap_student` the small student they teach.
+    """
+
+    seeds: int
+    steps: int
+    batch_size: int
+    lr: float
+    prompt_len: int
+    max_new_tokens: int
+    teacher_budget: int
+    eval_prompts: int
+    trl_steps: int
+    gap_teachers: tuple[LMSize, ...]
+    gap_student: LMSize
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "batch_size", "prompt_len", "max_new_tokens"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("teacher_budget", "eval_prompts", "trl_steps"):
+            check_int(name, getattr(self, name), 1)
+        check_number("lr", self.lr, 0.0, strict_min=True)
+        if not self.gap_teachers or not all(isinstance(t, LMSize) for t in self.gap_teachers):
+            raise TypeError("gap_teachers must be a non-empty tuple of LMSize")
+        if not isinstance(self.gap_student, LMSize):
+            raise TypeError(
+                f"gap_student must be an LMSize (got {type(self.gap_student).__name__})"
+            )
+
+
+#: Per profile: on-policy and capacity-gap sizes for chapter 10 and its solutions.
+LM_GKD_SETTINGS: dict[str, GKDSettings] = {
+    "quick": GKDSettings(
+        seeds=3, steps=6, batch_size=8, lr=1e-3, prompt_len=8, max_new_tokens=16,
+        teacher_budget=600, eval_prompts=24, trl_steps=3,
+        gap_teachers=(LMSize(1, 16, 2), LMSize(1, 32, 2), LMSize(1, 48, 2)),
+        gap_student=LMSize(1, 8, 2),
+    ),
+    "standard": GKDSettings(
+        seeds=3, steps=1000, batch_size=16, lr=1e-3, prompt_len=8, max_new_tokens=48,
+        teacher_budget=300_000, eval_prompts=1000, trl_steps=100,
+        gap_teachers=(LMSize(1, 32, 2), LMSize(2, 64, 2), LMSize(2, 128, 4)),
+        gap_student=LMSize(1, 8, 2),
+    ),
+    "full": GKDSettings(
+        seeds=3, steps=5000, batch_size=32, lr=1e-3, prompt_len=8, max_new_tokens=96,
+        teacher_budget=3_000_000, eval_prompts=2000, trl_steps=300,
+        gap_teachers=(LMSize(1, 64, 2), LMSize(2, 128, 4), LMSize(4, 256, 4)),
+        gap_student=LMSize(1, 16, 2),
+    ),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------- prompts and generation
@@ -468,14 +527,14 @@ def _scored(
     return out
 
 
-def continuation_perplexity(
-    model: nn.Module,
-    seqs: Sequence[Sequence[int]],
+def _continuation_mean(
+    model: object,
+    seqs: object,
     prompt_len: int,
-    batch_size: int = 64,
+    batch_size: int,
+    per_position: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> float:
-    """exp(mean NLL) of `model` on the tokens after the first `prompt_len` of each sequence (e.g. the
-    teacher on student samples)."""
+    """Token-weighted mean of per_position(logits, targets) -> (batch, seq) over the continuation tokens."""
     model = _check_model("model", model)
     seqs = check_token_lists("seqs", seqs)
     check_int("prompt_len", prompt_len, 1)
@@ -484,9 +543,46 @@ def continuation_perplexity(
         raise ValueError(f"seqs hold no token after the first prompt_len={prompt_len}")
     total, n = 0.0, 0
     for logits, targets, mask in _scored(model, seqs, [prompt_len] * len(seqs), batch_size):
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        total, n = total + float(nll[mask].sum()), n + int(mask.sum())
-    return math.exp(total / n)
+        values = per_position(logits, targets)
+        total, n = total + float(values[mask].sum()), n + int(mask.sum())
+    return total / n
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each target token."""
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+
+def _entropy(logits: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each position's next-token distribution."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def continuation_perplexity(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    prompt_len: int,
+    batch_size: int = 64,
+) -> float:
+    """exp(mean NLL) of `model` on the tokens after the first `prompt_len` of each sequence (e.g. the
+    teacher on student samples)."""
+    return math.exp(_continuation_mean(model, seqs, prompt_len, batch_size, _nll))
+
+
+def token_entropy(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    prompt_len: int = 1,
+    batch_size: int = 64,
+) -> float:
+    """Mean entropy (nats) of `model`'s next-token distribution at the predicted positions after the
+    first `prompt_len` tokens.
+
+    Low against the teacher's: the model bets on fewer tokens (mode-seeking, as reverse KL trains);
+    high: it spreads its bets (mode-covering, as forward KL trains).
+    """
+    return _continuation_mean(model, seqs, prompt_len, batch_size, _entropy)
 
 
 def _ngrams(seq: Sequence[int], n: int) -> list[tuple[int, ...]]:
