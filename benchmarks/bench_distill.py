@@ -7,8 +7,10 @@
 Measures, on the same data and machine: (1) a distillation epoch with cached teacher logits vs.
 the teacher run online in every step vs. label-only training of the same student; (2) teacher vs.
 students: parameters, size, CPU latency at batch 1 and 64, throughput; (3) teacher labelling
-throughput with and without length-sorted batches; (4) optionally, the quick-profile wall time of
-every notebook (the CI budget).
+throughput with and without length-sorted batches; (4) the headline student of
+scripts/headline_run.py beside the fine-tuned teacher (accuracy retained, parameter and latency
+ratios), when this machine holds that run; (5) optionally, the quick-profile wall time of every
+notebook (the CI budget).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from pathlib import Path
 import torch
 
 from kdhelpers.batching import TextExamples, make_loader
-from kdhelpers.chapters.recipes import course_data, course_settings, make_student, tokenize_splits
+from kdhelpers.chapters.headline import load_headline_run, load_headline_student, remap_split
+from kdhelpers.chapters.recipes import (
+    course_data,
+    course_settings,
+    course_teacher,
+    make_student,
+    split_accuracy,
+    tokenize_splits,
+)
 from kdhelpers.device import get_device, to_device
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.losses import distillation_loss
@@ -130,6 +140,43 @@ def bench_models(teacher, emb, inputs, min_inputs: int) -> list[dict]:
         }
         for name, model in models.items()
     ]
+
+
+def bench_headline(splits, settings, lat_inputs: int) -> dict | None:
+    """The headline student (scripts/headline_run.py) beside the fine-tuned teacher, timed together:
+    accuracy retained, parameter ratio, batch-1 and batch-64 latency ratios; None when this machine
+    holds no headline run or no checkpoint of its student."""
+    record = load_headline_run()
+    loaded = load_headline_student(record) if record is not None else None
+    if loaded is None:
+        return None
+    student, vm = loaded
+    teacher = course_teacher(settings, torch.device("cpu"))[0].to("cpu").eval()
+    test = splits["test"]
+    compact = remap_split(test, vm)
+    cpu = torch.device("cpu")
+    acc_teacher, acc_student = (
+        split_accuracy(teacher, test, cpu),
+        split_accuracy(student, compact, cpu),
+    )
+    n = min(lat_inputs, len(test))
+    models = {"teacher": teacher, "student": student}
+    inputs = {"teacher": test.input_ids[:n], "student": compact.input_ids[:n]}
+    b1 = measure_latency(models, inputs, min_inputs=min(200, n))
+    n64 = max(1, n // 64)
+    inputs64 = {k: v[: n64 * 64] for k, v in inputs.items()}
+    b64 = measure_latency(models, inputs64, batch_size=64, warmup=2, min_inputs=n64)
+    return {
+        "student": f"{record['student']['kind']} on {record['transfer_rows']:,} rows ({record['date']})",
+        "teacher_accuracy": acc_teacher,
+        "student_accuracy": acc_student,
+        "accuracy_retained": acc_student / acc_teacher,
+        "fewer_params": count_parameters(teacher) / count_parameters(student),
+        "speedup_b1": speedup(b1["teacher"], b1["student"]),
+        "speedup_b64": speedup(b64["teacher"], b64["student"]),
+        "inputs_b1": b1["student"].n,
+        "threads": b1["student"].threads,
+    }
 
 
 def bench_labelling(teacher, ids, device, batch_sizes) -> list[dict]:
@@ -236,6 +283,7 @@ def main(argv=None) -> int:
     test_ids = splits["test"].input_ids[:lat_inputs]
     models = bench_models(teacher, emb, test_ids, min_inputs=min(200, len(test_ids)))
     labelling = bench_labelling(teacher, ids, device, [16, 64] if args.quick else [16, 64, 128])
+    headline = None if args.quick else bench_headline(splits, settings, lat_inputs)
     notebooks = bench_notebooks() if run_notebooks else []
 
     best_student = next(
@@ -302,9 +350,16 @@ def main(argv=None) -> int:
         table(labelling),
         "",
     ]
+    md += ["## 4. The headline student beside the teacher (scripts/headline_run.py)", ""]
+    md += (
+        [table([headline]), ""]
+        if headline is not None
+        else ["Not measured: " + ("the quick run skips it." if args.quick else
+              "no headline run or student checkpoint here (run `python scripts/headline_run.py`)."), ""]
+    )  # fmt: skip
     if notebooks:
         md += [
-            "## 4. Quick-profile wall time per notebook (s)",
+            "## 5. Quick-profile wall time per notebook (s)",
             "",
             table(notebooks),
             "",
@@ -328,6 +383,7 @@ def main(argv=None) -> int:
                 "models": models,
                 "labelling": labelling,
                 "notebooks": notebooks,
+                "headline": headline,
                 "targets": [{"target": a, "met": b, "measured": c} for a, b, c in targets],
             },
             indent=2,

@@ -121,7 +121,20 @@ def _compression(r: Record) -> list[str]:
     if int8 is not None:
         line += f"; int8-quantized it keeps {pct(int8['of_teacher'])}"
     line += f" and answers {ratio(m['distilbert_style_int8_speedup_b1'])} faster than the float teacher."
-    return [line]
+    lines = [line]
+    if "headline_of_teacher" in m:
+        d = r.get("details", {})
+        seeds = m.get("headline_per_seed", [])
+        lines.append(
+            f"- **Headline student (06)**, {d.get('headline_source', 'this run')}: trained on "
+            f"{m['headline_transfer_rows']:,} teacher-labelled rows, it keeps "
+            f"{pct(m['headline_of_teacher'])} of the teacher's accuracy on average over {len(seeds)} "
+            f"seeds ({', '.join(pct(a) for a in seeds)}) with {ratio(m['headline_fewer_params'])} fewer "
+            f"parameters and {ratio(m['headline_speedup_b1'])} lower batch-1 latency "
+            f"({ratio(m['headline_speedup_b64'])} at batch 64). Target >= 97% at >= 10x smaller and "
+            f"faster: {_verdict(bool(m['headline_target_met']))}."
+        )
+    return lines
 
 
 def _cross_domain(r: Record) -> list[str]:

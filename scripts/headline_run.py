@@ -1,6 +1,6 @@
 """The headline run (issue: a student >= 97% of the teacher, >= 10x smaller and faster), on a CPU.
 
-    python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1.5 h, 2 cores)
+    python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1 h, 2 cores)
     python scripts/headline_run.py --plan quick --out /tmp/headline.json   # smoke test (a minute)
 
 Builds the large transfer set (movie snippets, the other VADER domains' sentences, masked copies and

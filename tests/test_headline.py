@@ -121,3 +121,22 @@ def test_headline_plans_are_checked():
         HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, kind="rnn")
     with pytest.raises(TypeError, match="recipe"):
         HeadlinePlan(recipe={}, sizes=(0,), seeds=(0,), epochs=1)
+
+
+def test_headline_student_round_trips_through_its_checkpoint(tmp_path, monkeypatch):
+    from kdhelpers.chapters.headline import VocabMap, load_headline_student
+    from kdhelpers.checkpoints import save_checkpoint
+
+    monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path))
+    vm = VocabMap((0, 100, 101, 102, 7, 9), 100, 200)
+    sizes = {"embed_dim": 8, "channels": 4, "widths": (2, 3)}
+    student = make_student("cnn", vm.size, None, seed=3, **sizes)
+    config = {"kind": "cnn", "sizes": sizes, "kept": list(vm.kept), "unk": vm.unk,
+              "teacher_size": vm.teacher_size}  # fmt: skip
+    save_checkpoint(student, tmp_path / "headline-cnn", config)
+    model, got_vm = load_headline_student({"student_checkpoint": "headline-cnn"})
+    assert got_vm == vm
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 student.state_dict().values(), strict=True))  # fmt: skip
+    assert load_headline_student({"student_checkpoint": "missing"}) is None
+    assert load_headline_student({}) is None

@@ -35,14 +35,15 @@ from kdhelpers.chapters.recipes import (
     course_teacher,
     make_student,
     split_accuracy,
-    teacher_logits,
     tokenize_splits,
     train_student,
 )
+from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.models import count_parameters, project_teacher_embeddings
-from kdhelpers.paths import benchmarks_dir
+from kdhelpers.paths import benchmarks_dir, cache_dir, checkpoints_dir
+from kdhelpers.pseudo import cache_logits
 from kdhelpers.stats import compare_seeds, over_seeds
 from kdhelpers.train import make_kd_loss
 from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
@@ -372,7 +373,7 @@ class HeadlinePlan:
 
 
 #: The plans: `quick` (CI smoke test), `standard` (chapter 06 on a CPU, minutes), `cpu-full` (the
-#: committed run of scripts/headline_run.py, about an hour and a half on 2 cores).
+#: committed run of scripts/headline_run.py, about an hour on 2 cores).
 HEADLINE_PLANS: dict[str, HeadlinePlan] = {
     "quick": HeadlinePlan(
         recipe=TransferRecipe(other_domain_rows=100, tang_copies=1, neighbour_copies=1),
@@ -403,6 +404,7 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
     """
     if not isinstance(plan, HeadlinePlan):
         raise TypeError(f"plan must be a HeadlinePlan (got {type(plan).__name__})")
+    started = time.perf_counter()
     settings = course_settings(profile, 0)
     teacher, tokenizer, splits, _, _ = course_teacher(settings, device)
     teacher_acc = split_accuracy(teacher, splits["test"], device)
@@ -415,10 +417,20 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
         for o in sorted(set(transfer.origin))
         for s in sorted(set(transfer.source))
     }
-    t0 = time.perf_counter()
     name = f"headline-{len(transfer.split)}-{plan.recipe.seed}"
-    logits = teacher_logits(teacher, transfer.split, device, name=name)
-    label_s = time.perf_counter() - t0
+    cached = cache_logits(
+        teacher,
+        transfer.split.ids,
+        transfer.split.input_ids,
+        cache_dir(),
+        name=name,
+        batch_size=128,
+        device=device,
+    )
+    logits, label_s = (
+        cached.logits,
+        cached.compute_seconds,
+    )  # the teacher's own time, also when cached
     vm = compact_vocabulary(
         transfer.split.input_ids,
         tokenizer.vocab_size,
@@ -478,6 +490,13 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
                 ).as_dict()
             )
     student = models[plan.seeds[0]].to("cpu")
+    checkpoint = f"headline-{plan.kind}-{len(ids)}-seed{plan.seeds[0]}"
+    save_checkpoint(
+        student,
+        checkpoints_dir() / checkpoint,
+        {"kind": plan.kind, "sizes": sizes, "kept": list(vm.kept), "unk": vm.unk,
+         "teacher_size": vm.teacher_size, "profile": profile},
+    )  # fmt: skip
     cpu_teacher = teacher.to("cpu")
     n_lat = min(plan.latency_inputs, len(test.input_ids))
     models_cpu = {"teacher": cpu_teacher, "student": student}
@@ -504,8 +523,11 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
         "sources": sources,
         "build_seconds": build_s,
         "labelling_seconds": label_s,
+        "labelled_now": not cached.from_cache,
+        "seconds": time.perf_counter() - started,
         "vocabulary": vm.size,
         "student": {"kind": plan.kind, **sizes, "parameters": n_student},
+        "student_checkpoint": checkpoint,
         "curve": curve,
         "ablation": ablation,
         "comparisons": comparisons,
@@ -532,3 +554,18 @@ def load_headline_run(path: Path | None = None) -> dict[str, Any] | None:
     if missing:
         raise ValueError(f"{path} is not a headline run: it lacks {sorted(missing)}")
     return record
+
+
+def load_headline_student(record: Mapping[str, Any]) -> tuple[torch.nn.Module, VocabMap] | None:
+    """The headline run's seed-0 student (CPU, eval mode) and its compact vocabulary, from the
+    checkpoint the run saved; None when this machine does not hold it (run scripts/headline_run.py)."""
+    name = record.get("student_checkpoint")
+    weights, meta = checkpoint_paths(checkpoints_dir() / name) if name else (None, None)
+    if weights is None or not weights.exists() or not meta.exists():
+        return None
+    config = json.loads(meta.read_text(encoding="utf-8"))  # the sizes, to build the model first
+    vm = VocabMap(tuple(config["kept"]), config["unk"], config["teacher_size"])
+    sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in config["sizes"].items()}
+    model = make_student(config["kind"], vm.size, None, seed=0, **sizes)
+    load_checkpoint(model, checkpoints_dir() / name)
+    return model.eval(), vm
