@@ -115,6 +115,13 @@ def _read_config(weights: Path, meta: Path, verify: bool) -> dict[str, Any]:
     return config
 
 
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The config stored beside a checkpoint's weights (to build the model before loading them);
+    CheckpointError when it is missing or damaged."""
+    weights, meta = checkpoint_paths(path)
+    return _read_config(weights, meta, verify=True)
+
+
 def load_checkpoint(
     model: nn.Module, path: str | Path, strict: bool = True, verify: bool = True
 ) -> dict[str, Any]:

@@ -38,7 +38,12 @@ from kdhelpers.chapters.recipes import (
     tokenize_splits,
     train_student,
 )
-from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from kdhelpers.checkpoints import (
+    checkpoint_config,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.models import count_parameters, project_teacher_embeddings
@@ -560,10 +565,9 @@ def load_headline_student(record: Mapping[str, Any]) -> tuple[torch.nn.Module, V
     """The headline run's seed-0 student (CPU, eval mode) and its compact vocabulary, from the
     checkpoint the run saved; None when this machine does not hold it (run scripts/headline_run.py)."""
     name = record.get("student_checkpoint")
-    weights, meta = checkpoint_paths(checkpoints_dir() / name) if name else (None, None)
-    if weights is None or not weights.exists() or not meta.exists():
+    if not name or not checkpoint_paths(checkpoints_dir() / name)[0].exists():
         return None
-    config = json.loads(meta.read_text(encoding="utf-8"))  # the sizes, to build the model first
+    config = checkpoint_config(checkpoints_dir() / name)  # the sizes, to build the model first
     vm = VocabMap(tuple(config["kept"]), config["unk"], config["teacher_size"])
     sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in config["sizes"].items()}
     model = make_student(config["kind"], vm.size, None, seed=0, **sizes)
