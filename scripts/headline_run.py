@@ -1,12 +1,15 @@
 """The headline run (issue: a student >= 97% of the teacher, >= 10x smaller and faster), on a CPU.
 
-    python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1 h, 2 cores)
+    python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1.5 h, 2 cores)
     python scripts/headline_run.py --plan quick --out /tmp/headline.json   # smoke test (a minute)
+    python scripts/headline_run.py --kind bilstm --every-row-only --out benchmarks/headline-bilstm.json
 
 Builds the large transfer set (movie snippets, the other VADER domains' sentences, masked copies and
 embedding-neighbour copies; no validation or test text), labels it once with chapter 03's teacher
 (cached), gives the student a compact vocabulary, and trains it with chapter 05's alpha and T on
-nested subsets of growing size, over three seeds (`kdhelpers.chapters.headline.run_headline`).
+nested subsets of growing size, over three seeds (`kdhelpers.chapters.headline.run_headline`), with
+the learning rate chosen on validation and, in cpu-full, each source of rows left out in turn.
+`--every-row-only` trains at the full size only (no curve, no ablation): to compare another student.
 Writes one JSON file (default benchmarks/headline.json) that chapter 06 reads and shows: the curve
 of accuracy against transfer-set size and the headline row (accuracy, share of the teacher,
 parameters, batch-1 and batch-64 latency with the course's latency method). The teacher and alpha/T
@@ -21,7 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-from kdhelpers.chapters.headline import HEADLINE_PLANS, HEADLINE_STUDENTS, run_headline
+from kdhelpers.chapters.headline import (
+    HEADLINE_PLANS,
+    HEADLINE_STUDENTS,
+    HeadlinePlan,
+    run_headline,
+)
 from kdhelpers.paths import project_root
 from kdhelpers.session import start
 
@@ -34,16 +42,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plan", default="cpu-full", choices=tuple(HEADLINE_PLANS))
     p.add_argument("--profile", default="standard", choices=("quick", "standard", "full"))
     p.add_argument("--kind", default=None, choices=tuple(HEADLINE_STUDENTS))
+    p.add_argument(
+        "--every-row-only",
+        action="store_true",
+        help="train on every row only (no curve, no source ablation)",
+    )
     p.add_argument("--out", type=Path, default=project_root() / "benchmarks" / "headline.json")
     return p.parse_args(argv)
+
+
+def plan_from_args(args: argparse.Namespace) -> HeadlinePlan:
+    """The named plan with the command line's changes (student kind, every row only)."""
+    plan = HEADLINE_PLANS[args.plan]
+    if args.kind is not None:
+        plan = dataclasses.replace(plan, kind=args.kind)
+    if args.every_row_only:
+        plan = dataclasses.replace(plan, sizes=(0,), ablation=False, ablation_size=None)
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment and write its JSON; 0 when it ran."""
     args = parse_args(argv)
-    plan = HEADLINE_PLANS[args.plan]
-    if args.kind is not None:
-        plan = dataclasses.replace(plan, kind=args.kind)
+    plan = plan_from_args(args)
     session = start(args.profile, 0)
     record = run_headline(plan, args.profile, session.device)
     record["plan_name"] = args.plan

@@ -121,6 +121,22 @@ def test_headline_plans_are_checked():
         HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, kind="rnn")
     with pytest.raises(TypeError, match="recipe"):
         HeadlinePlan(recipe={}, sizes=(0,), seeds=(0,), epochs=1)
+    with pytest.raises(ValueError, match="lr_grid"):
+        HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, lr_grid=(1e-3, 0.0))
+    with pytest.raises(ValueError, match="lr_grid holds a learning rate twice"):
+        HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, lr_grid=(1e-3, 1e-3))
+    with pytest.raises(ValueError, match="ablation needs a size below every row"):
+        HeadlinePlan(recipe=recipe, sizes=(0,), seeds=(0,), epochs=1, ablation=True)
+    with pytest.raises(ValueError, match="ablation_size must be one of"):
+        HeadlinePlan(
+            recipe=recipe, sizes=(100, 0), seeds=(0,), epochs=1, ablation=True, ablation_size=50
+        )
+    # the committed CPU run: at least 300,000 rows' worth of copies, lr chosen on validation, ablation
+    cpu = HEADLINE_PLANS["cpu-full"]
+    assert cpu.ablation and len(cpu.lr_grid) >= 2 and len(cpu.sizes) >= 4
+    assert (
+        HEADLINE_PLANS["quick"].ablation and HEADLINE_PLANS["quick"].lr_grid
+    )  # CI runs both paths
 
 
 def test_headline_student_round_trips_through_its_checkpoint(tmp_path, monkeypatch):
@@ -140,3 +156,21 @@ def test_headline_student_round_trips_through_its_checkpoint(tmp_path, monkeypat
                                                  student.state_dict().values(), strict=True))  # fmt: skip
     assert load_headline_student({"student_checkpoint": "missing"}) is None
     assert load_headline_student({}) is None
+
+
+def test_headline_script_applies_kind_and_every_row_only():
+    import importlib.util
+
+    from kdhelpers.paths import project_root
+
+    path = project_root() / "scripts" / "headline_run.py"
+    spec = importlib.util.spec_from_file_location("headline_run", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    default = script.plan_from_args(script.parse_args([]))
+    assert default == HEADLINE_PLANS["cpu-full"]
+    bilstm = script.plan_from_args(script.parse_args(["--kind", "bilstm", "--every-row-only"]))
+    assert bilstm.kind == "bilstm" and bilstm.sizes == (0,) and not bilstm.ablation
+    assert bilstm.lr_grid == default.lr_grid  # its own learning rate, chosen the same way
+    with pytest.raises(SystemExit):
+        script.parse_args(["--plan", "nope"])

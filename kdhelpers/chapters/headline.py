@@ -29,6 +29,7 @@ from kdhelpers.batching import TextExamples
 from kdhelpers.chapters.recipes import (
     StudentConfig,
     TextSplit,
+    best_on_validation,
     chosen_alpha_temperature,
     concat_splits,
     course_settings,
@@ -346,16 +347,23 @@ HEADLINE_STUDENTS: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True, kw_only=True)
 class HeadlinePlan:
     """One headline run: the transfer recipe, the nested transfer sizes (0: every row), seeds,
-    epochs, whether to run the source ablation, how many test snippets to time, the student kind."""
+    epochs, whether to run the source ablation, how many test snippets to time, the student kind,
+    and the learning rate (or a grid of them to choose from on validation)."""
 
     recipe: TransferRecipe
     sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     epochs: int
+    #: leave-one-source-out at one size below every row, against random rows of that size
     ablation: bool = False
+    #: that size (one of `sizes`; None: the largest below every row)
+    ablation_size: int | None = None
     latency_inputs: int = 200
     kind: str = "cnn"
     lr: float = 1e-3
+    #: when given, the learning rate is chosen among these on movie validation accuracy (first seed,
+    #: every row) and `lr` is not used
+    lr_grid: tuple[float, ...] = ()
     batch_size: int = 128
 
     def __post_init__(self) -> None:
@@ -374,27 +382,42 @@ class HeadlinePlan:
         if self.kind not in HEADLINE_STUDENTS:
             raise ValueError(f"kind must be one of {sorted(HEADLINE_STUDENTS)} (got {self.kind!r})")
         check_number("lr", self.lr, 0.0, strict_min=True)
+        for lr in self.lr_grid:
+            check_number("lr_grid[...]", lr, 0.0, strict_min=True)
+        if len(set(self.lr_grid)) != len(self.lr_grid):
+            raise ValueError(f"lr_grid holds a learning rate twice (got {self.lr_grid!r})")
+        if self.ablation and len(self.sizes) < 2:
+            raise ValueError("ablation needs a size below every row in sizes (e.g. (100_000, 0))")
+        if self.ablation_size is not None and self.ablation_size not in self.sizes[:-1]:
+            raise ValueError(
+                f"ablation_size must be one of the sizes below every row {self.sizes[:-1]} "
+                f"(got {self.ablation_size!r})"
+            )
         check_int("batch_size", self.batch_size, 1)
 
 
 #: The plans: `quick` (CI smoke test), `standard` (chapter 06 on a CPU, minutes), `cpu-full` (the
-#: committed run of scripts/headline_run.py, about an hour on 2 cores).
+#: committed run of scripts/headline_run.py: about 310,000 rows, the learning rate chosen on
+#: validation, the source ablation; about 90 minutes on 2 cores).
 HEADLINE_PLANS: dict[str, HeadlinePlan] = {
     "quick": HeadlinePlan(
         recipe=TransferRecipe(other_domain_rows=100, tang_copies=1, neighbour_copies=1),
-        sizes=(200, 0), seeds=(0, 1, 2), epochs=1, latency_inputs=40,
+        sizes=(200, 0), seeds=(0, 1, 2), epochs=1, latency_inputs=40, ablation=True,
+        lr_grid=(1e-3, 3e-4),
     ),
     "standard": HeadlinePlan(
         recipe=TransferRecipe(other_domain_rows=3000, tang_copies=1, neighbour_copies=1),
-        sizes=(6000, 0), seeds=(0, 1, 2), epochs=4, latency_inputs=200,
+        sizes=(6000, 0), seeds=(0, 1, 2), epochs=4, latency_inputs=200, lr_grid=(1e-3, 3e-4),
     ),
     "full": HeadlinePlan(
-        recipe=TransferRecipe(tang_copies=8, neighbour_copies=8),
+        recipe=TransferRecipe(tang_copies=8, neighbour_copies=11),
         sizes=(25_000, 50_000, 100_000, 0), seeds=(0, 1, 2), epochs=8, latency_inputs=400,
+        ablation=True, lr_grid=(1e-3, 5e-4, 2.5e-4),
     ),
     "cpu-full": HeadlinePlan(
-        recipe=TransferRecipe(tang_copies=8, neighbour_copies=8),
+        recipe=TransferRecipe(tang_copies=8, neighbour_copies=11),
         sizes=(25_000, 50_000, 100_000, 0), seeds=(0, 1, 2), epochs=6, latency_inputs=400,
+        ablation=True, ablation_size=50_000, lr_grid=(1e-3, 3e-4),
     ),
 }  # fmt: skip
 
@@ -453,13 +476,37 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
     is_labelled = set(labelled)
     others = [i for i in torch.randperm(len(ids), generator=g).tolist() if i not in is_labelled]
 
-    def train(rows: list[int], seed: int, desc: str) -> tuple[float, dict, torch.nn.Module]:
+    def first_rows(n: int, allowed: Iterable[int] | None = None) -> list[int]:
+        """Every labelled row plus the first of the shuffled others (those in `allowed`) up to n rows
+        (n = 0: all of them); nested in n, and the same shuffle for every source variant."""
+        keep = None if allowed is None else set(allowed)
+        pool = others if keep is None else [i for i in others if i in keep]
+        return labelled + (pool if n == 0 else pool[: max(0, n - len(labelled))])
+
+    def train(
+        rows: list[int], seed: int, lr: float, desc: str
+    ) -> tuple[float, dict, torch.nn.Module]:
         """Test accuracy, history and model of a fresh student trained on the transfer rows `rows`."""
         model = make_student(plan.kind, vm.size, embeddings, seed=seed, **sizes)
         data = TextExamples([ids[i] for i in rows], transfer.labels[rows], logits[rows])
         loss = make_kd_loss(alpha, temperature)
-        hist = train_student(model, data, val, loss, device, config.replace(seed=seed), desc)
+        hist = train_student(model, data, val, loss, device, config.replace(seed=seed, lr=lr), desc)
         return split_accuracy(model, test, device), hist, model
+
+    first = plan.seeds[0]
+    lr, lr_search, reuse = plan.lr, [], None
+    if plan.lr_grid:  # chosen on movie validation accuracy, at every row, with the first seed
+        tried = {
+            cand: train(first_rows(0), first, cand, f"lr {cand:g}, every row, seed {first}")
+            for cand in plan.lr_grid
+        }
+        lr_search = [
+            {"lr": cand, "best_val_accuracy": hist["best_val_accuracy"],
+             "best_epoch": hist["best_epoch"], "epoch_limit": plan.epochs}
+            for cand, (_, hist, _) in tried.items()
+        ]  # fmt: skip
+        lr = best_on_validation({cand: hist for cand, (_, hist, _) in tried.items()})
+        reuse = tried[lr]  # the chosen run is the first seed's run at every row
 
     variants = {
         "without the other domains": transfer.rows_where(origin=["movie train", "movie pool"]),
@@ -467,31 +514,49 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
         "without masked copies": transfer.rows_where(source=["real", "neighbour copies"]),
     }
     sizes_to_run = [n for n in plan.sizes if n == 0 or n < len(ids)]
-    if plan.ablation:  # random subsets of the same sizes: the paired controls of the ablation
-        sizes_to_run = sorted({*sizes_to_run[:-1], *(len(r) for r in variants.values())}) + [0]
-    curve, models = [], {}
+    ablation_rows = 0
+    if plan.ablation:  # every variant at one size, against random rows of all sources at that size
+        below = [n for n in sizes_to_run if n] or [len(ids) // 2]
+        wanted = plan.ablation_size if plan.ablation_size in below else below[-1]
+        ablation_rows = min(wanted, *(len(first_rows(0, r)) for r in variants.values()))
+        sizes_to_run = sorted({*below, ablation_rows}) + [0]
+    curve, models, by_size = [], {}, {}
     for n in sizes_to_run:
-        rows = labelled + (others if n == 0 else others[: max(0, n - len(labelled))])
+        rows = first_rows(n)
         point = {"rows": len(rows), "accuracy": {}, "best_epoch": {}, "epoch_limit": plan.epochs}
         for seed in plan.seeds:
-            acc, hist, model = train(rows, seed, f"{len(rows)} rows, seed {seed}")
+            if n == 0 and seed == first and reuse is not None:
+                acc, hist, model = reuse
+            else:
+                acc, hist, model = train(rows, seed, lr, f"{len(rows)} rows, seed {seed}")
             point["accuracy"][seed], point["best_epoch"][seed] = acc, hist["best_epoch"]
             if n == 0:
                 models[seed] = model
         curve.append(point)
+        by_size[n] = point
     per_seed = curve[-1]["accuracy"]
     mean = over_seeds(per_seed) if len(per_seed) > 1 else None
     mean_acc = mean.mean if mean is not None else next(iter(per_seed.values()))
     comparisons, ablation = [], []
     if plan.ablation:
-        by_size = {point["rows"]: point["accuracy"] for point in curve}
-        for variant, rows in variants.items():
-            accs = {seed: train(rows, seed, f"{variant}, seed {seed}")[0] for seed in plan.seeds}
-            ablation.append({"variant": variant, "rows": len(rows), "accuracy": accs})
-            comparisons.append(compare_seeds(f"all sources vs {variant}", per_seed, accs).as_dict())
+        control = by_size[ablation_rows]
+        for variant, allowed in variants.items():
+            rows = first_rows(ablation_rows, allowed)
+            runs = {
+                seed: train(rows, seed, lr, f"{variant}, {len(rows)} rows, seed {seed}")[:2]
+                for seed in plan.seeds
+            }
+            accs = {seed: acc for seed, (acc, _) in runs.items()}
+            ablation.append(
+                {"variant": variant, "rows": len(rows), "accuracy": accs,
+                 "best_epoch": {seed: hist["best_epoch"] for seed, (_, hist) in runs.items()},
+                 "epoch_limit": plan.epochs}
+            )  # fmt: skip
             comparisons.append(
                 compare_seeds(
-                    f"random rows vs {variant} (same size)", by_size[len(rows)], accs
+                    f"all sources vs {variant} ({control['rows']:,} rows each)",
+                    control["accuracy"],
+                    accs,
                 ).as_dict()
             )
     student = models[plan.seeds[0]].to("cpu")
@@ -518,6 +583,9 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
         "date": dt.date.today().isoformat(),
         "profile": profile,
         "plan": {**asdict(plan), "recipe": asdict(plan.recipe)},
+        "lr": lr,
+        "lr_search": lr_search,
+        "ablation_rows": ablation_rows,
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "threads": lat1["teacher"].threads},
         "teacher_accuracy": teacher_acc,

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -546,6 +546,42 @@ def train_student(
     )
     val = make_loader(validation.examples(), 256, device=device)
     return fit(model, loader, val, loss_fn, config.train_config(), device=device, desc=desc)
+
+
+def best_on_validation(histories: Mapping[Any, Mapping[str, Any]]) -> Any:
+    """The key (a setting tried) whose training history has the highest best validation accuracy;
+    the first such key on ties, so list the default first."""
+    if not histories:
+        raise ValueError("histories is empty: train at least one setting")
+    for key, hist in histories.items():
+        if hist.get("best_val_accuracy") is None:
+            raise ValueError(
+                f"the history of {key!r} has no best_val_accuracy (trained without validation?)"
+            )
+    return max(histories, key=lambda k: histories[k]["best_val_accuracy"])
+
+
+def widen_grid(
+    tried: Sequence[float], best: float, low: float, high: float, factor: float = 10.0
+) -> float | None:
+    """The next value to try when the best of a multiplicative grid sits at its edge: best * factor
+    at the top edge, best / factor at the bottom, while within [low, high]; None when the best is
+    inside the grid or the next value would leave the range."""
+    values = sorted(check_number("tried[...]", v, 0.0, strict_min=True) for v in tried)
+    if not values or best not in values:
+        raise ValueError(f"best ({best!r}) must be one of the values tried {values}")
+    check_number("factor", factor, 1.0, strict_min=True)
+    if len(values) > 1 and values[0] < best < values[-1]:
+        return None
+    candidates = []
+    if best == values[-1]:
+        candidates.append(best * factor)
+    if best == values[0]:
+        candidates.append(best / factor)
+    for value in candidates:
+        if low <= value <= high and value not in values:
+            return value
+    return None
 
 
 def model_report(
