@@ -159,11 +159,16 @@ def _cross_domain(r: Record) -> list[str]:
 def _beyond_logits(r: Record) -> list[str]:
     m = r["metrics"]
     d = r.get("details", {})
+    seeds = d.get("seeds", [])
+    said = "; ".join(comparison_sentence(Comparison.from_dict(c)) for c in d["comparisons"])
     return [
-        f"- **Beyond logits (08)**, one seed, {d.get('epochs', '?')} epochs: logit-only KD "
-        f"{pct(m['logit_only_accuracy'])}; with hidden-state MSE hints {pct(m['mse_accuracy'])}, cosine "
-        f"hints {pct(m['cosine_accuracy'])}, attention matching {pct(m['attention_accuracy'])} (chapter "
-        "08 states the budget and weight these numbers depend on)."
+        f"- **Beyond logits (08)**, 2-layer Transformer student on {d['transfer_size']:,} transfer "
+        f"snippets, mean pooling, standardised hint targets, beta chosen on validation, means over "
+        f"{len(seeds)} seeds: logit-only KD {pct(m['logit_only_accuracy'])}, MSE hints "
+        f"{pct(m['mse_accuracy'])}, cosine hints {pct(m['cosine_accuracy'])}, attention matching "
+        f"{pct(m['attention_accuracy'])}, TinyBERT's two stages "
+        f"{pct(m['mse_attention_two_stage_accuracy'])}; {said}; "
+        f"{m['runs_at_epoch_limit']} runs ended at the epoch limit."
     ]
 
 
