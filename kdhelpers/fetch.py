@@ -279,9 +279,15 @@ def _run_killable(cmd: Sequence[str], timeout_s: float) -> tuple[int, str, str]:
         stdin=subprocess.DEVNULL,
         start_new_session=os.name == "posix",
     )
-    finished = False
+    finished, deadline = False, time.monotonic() + timeout_s
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        while True:  # short waits, so that Ctrl-C (KeyboardInterrupt) lands within a second
+            try:
+                out, err = proc.communicate(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:  # retrying communicate loses no output
+                if time.monotonic() >= deadline:
+                    raise
         finished = True
         return proc.returncode, out, err
     finally:
