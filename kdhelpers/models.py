@@ -67,6 +67,12 @@ def resolve_teacher_source(name_or_path: str | Path | None) -> str:
     return str(name_or_path)
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of (batch, seq, width) states over the real tokens (attention_mask 1): (batch, width)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class MeanPoolingClassifier(nn.Module):
     """A Transformer encoder, mean-pooled over real tokens, then dropout and a linear head."""
 
@@ -94,9 +100,7 @@ class MeanPoolingClassifier(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
 
 
 def load_teacher(

@@ -15,7 +15,7 @@ from kdhelpers.batching import TextExamples, make_loader, pad_collate
 from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student, train_student
 from kdhelpers.device import autocast, get_device, seeded, to_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
-from kdhelpers.models import logits_of
+from kdhelpers.models import logits_of, mean_pool
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import length_sorted_batches
 from kdhelpers.train import LossFn, fit, forward_logits, make_kd_loss
@@ -356,8 +356,7 @@ class FeatureStudent(nn.Module):
                 output_hidden_states=want_hidden,
                 output_attentions=want_attn,
             )
-            weights = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            pooled = mean_pool(out.last_hidden_state, attention_mask)
             logits = self.model.classifier(self.model.dropout(pooled))
         if keep:
             self.features = {"hidden": out.hidden_states, "attentions": out.attentions}
