@@ -327,6 +327,14 @@ def mcnemar_test(
     return McNemarResult(only_a, only_b, statistic, p, "chi-square with continuity correction")
 
 
+def interval_text(comparison: Comparison) -> str:
+    """A comparison's interval in percentage points, as the sentences print it: '[0.4, 3.8]'."""
+    if not isinstance(comparison, Comparison):
+        raise TypeError(f"comparison must be a Comparison (got {type(comparison).__name__})")
+    low = points(comparison.ci_low, signed=False, unit=False)
+    return f"[{low}, {points(comparison.ci_high, signed=False, unit=False)}]"
+
+
 def comparison_sentence(
     comparison: Comparison,
     a_label: str | None = None,
@@ -363,10 +371,7 @@ def comparison_sentence(
         return _measured_sentence(c, a_label, b_label, measure, lower_is_better, digits, runs)
     if lower_is_better:
         raise ValueError("lower_is_better needs a measure, e.g. measure='perplexity'")
-    tail = (
-        f"{_level(c.confidence)} interval [{points(c.ci_low, signed=False, unit=False)}, "
-        f"{points(c.ci_high, signed=False, unit=False)}], {runs}"
-    )
+    tail = f"{_level(c.confidence)} interval {interval_text(c)}, {runs}"
     if c.ci_low > 0:
         return f"{a_label} beats {b_label} by {points(c.diff, signed=False)}, {tail}"
     if c.ci_high < 0:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from kdhelpers.checkpoints import save_checkpoint
 from kdhelpers.device import autocast, get_device, grad_scaler, seeded, to_device
-from kdhelpers.losses import distillation_loss
+from kdhelpers.losses import distillation_loss, kd_kl
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
 from kdhelpers.validate import (
@@ -225,6 +225,23 @@ def cross_entropy_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) 
     if not (labels >= 0).any():
         raise ValueError("this batch has no labelled example (labels are all -1)")
     return F.cross_entropy(logits.float(), labels, ignore_index=-1)
+
+
+def labels_or_teacher_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Noisy Student's objective: CE on the gold label of labelled rows, KL to the teacher's softmax
+    (T = 1) on unlabelled rows (label -1); every row weighs 1/batch, in float32."""
+    labels = _batch_labels(logits, batch)
+    labelled = labels >= 0
+    total = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="sum")
+    if not labelled.all():
+        if "teacher_logits" not in batch:
+            raise ValueError(
+                "unlabelled rows need teacher logits: build TextExamples with teacher_logits=..."
+            )
+        n_soft = int((~labelled).sum())
+        soft = kd_kl(logits[~labelled], batch["teacher_logits"][~labelled], temperature=1.0)
+        total = total + soft * n_soft
+    return total / len(labels)
 
 
 #: How make_kd_loss averages the CE term of a batch in which only some rows carry a label.

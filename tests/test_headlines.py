@@ -57,3 +57,38 @@ def test_update_readme_replaces_only_the_marked_section():
     assert new == f"# Title\n\nbefore\n{START}\nnew numbers\n{END}\nafter\n"
     with pytest.raises(ValueError, match="markers"):
         update_readme("# no markers", f"{START}\n{END}")
+
+
+def test_cross_domain_headline_reads_the_seeded_record_and_its_comparisons():
+    seeds = (0, 1, 2)
+    metrics = {
+        "target": "amazon",
+        "seeds": 3,
+        "domains_where_kd_beats_movie_labels": 2,
+        "noisy_student_rounds": 1,
+        "amazon_round0_accuracy": 0.79,
+        "amazon_round1_accuracy": 0.8,
+    }
+    comparisons = []
+    for d, base in (("amazon", 0.64), ("tweets", 0.56), ("nyt", 0.66)):
+        metrics[f"{d}_movie_label_student_accuracy"] = base
+        metrics[f"{d}_movie_soft_student_accuracy"] = base + 0.01
+        metrics[f"{d}_kd_student_accuracy"] = base + 0.05
+        comparisons.append(
+            compare_seeds(
+                f"{d}: target soft targets vs movie soft targets",
+                {s: base + 0.05 + 0.001 * s for s in seeds},
+                {s: base + 0.01 for s in seeds},
+            ).as_dict()
+        )
+    comparisons.append(
+        compare_seeds(
+            "round 1 vs round 0", {0: 0.8, 1: 0.81, 2: 0.79}, {0: 0.79, 1: 0.80, 2: 0.78}
+        ).as_dict()
+    )
+    record = {"date": "2026-12-07", "metrics": metrics, "details": {"comparisons": comparisons}}
+    text = results_section({"07_cross-domain": record}, "")
+    assert "means over 3 seeds" in text and "Amazon 64.0% (movie labels), 65.0% (movie soft" in text
+    assert "69.0% (target soft targets, target text +4.1 points [" in text
+    assert "round 0 79.0%, round 1 80.0%; round 1 beats round 0 by 1.0 points" in text
+    assert "beats movie labels on 2 of 3 domains" in text

@@ -1,23 +1,42 @@
-"""Self-training in the manner of Noisy Student (Xie et al., 2020) for the cross-domain chapter.
+"""Cross-domain distillation and self-training (chapter 07).
 
-One round: the current teacher labels the unlabelled text *clean* (eval mode, no dropout, the
-original token ids); a fresh student is then trained *with noise* (dropout on, token-dropped copies
-of each text that keep the clean text's soft target) and becomes the next round's teacher.
+Distilling on a target domain's unlabelled text (`noisy_student_round`): the teacher labels the
+text *clean* (eval mode, no dropout, the original token ids); a fresh student is trained *with
+noise* (dropout on, token-dropped copies of each text that keep the clean text's soft target).
+
+Label-free model selection (`target_domain`, `hold_out`, `agreement_split`): a slice of the
+unlabelled pool is held out, and students stop early on agreement with their teacher there.
+
+Noisy Student as Xie et al. (2020) describe it (`noisy_student_rounds`): a student at least as
+large as its teacher, noise on the student only, confidence-filtered and class-balanced
+pseudo-labels (`filter_and_balance`), labelled source rows mixed in (`labels_or_teacher_loss`),
+each round's student teaching the next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, concat_splits, train_student
+from kdhelpers.chapters.recipes import (
+    StudentConfig,
+    TextSplit,
+    concat_splits,
+    tokenize_splits,
+    train_student,
+)
+from kdhelpers.chapters.transfer import random_rows
+from kdhelpers.data import load_sentiment
 from kdhelpers.pseudo import predict_logits
-from kdhelpers.train import make_kd_loss
+from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
+from kdhelpers.validate import check_int, check_number
 
 
 def _check_probability(name: str, p: object) -> float:
@@ -190,3 +209,249 @@ def noisy_student_round(
     )
     history["rows"] = len(data)
     return student, history
+
+
+# ---------------------------------------------------------------- label-free model selection
+
+
+def hold_out(pool: TextSplit, n_select: int, seed: int = 0) -> tuple[TextSplit, TextSplit]:
+    """A seeded split of an unlabelled pool: (the rows a teacher labels for training, `n_select`
+    held-out rows on which students are selected without labels)."""
+    if not isinstance(pool, TextSplit):
+        raise TypeError(f"pool must be a TextSplit (got {type(pool).__name__})")
+    n_select = check_int("n_select", n_select, 1, len(pool) - 1)
+    order = random_rows(len(pool), None, seed)
+    return pool.select(sorted(order[n_select:])), pool.select(sorted(order[:n_select]))
+
+
+class TargetDomain(NamedTuple):
+    """A target domain without labels: text to learn from, a held-out slice for label-free selection
+    (both with labels hidden) and the labelled test split that only reports."""
+
+    pool: TextSplit
+    select: TextSplit
+    test: TextSplit
+
+
+def target_domain(
+    domain: str,
+    tokenizer: Any,
+    max_length: int,
+    select_share: float = 0.2,
+    seed: int = 0,
+    pool_size: int | None = None,
+    **sizes: int,
+) -> TargetDomain:
+    """A target domain's train + unlabeled text as one pool with labels hidden (its first `pool_size`
+    texts when given), split by `hold_out` into text to learn from and a `select_share` selection
+    slice; and its test split. `sizes` go to load_sentiment (n_train=..., n_test=...)."""
+    select_share = check_number("select_share", select_share, 0.0, 1.0, strict_min=True)
+    splits = tokenize_splits(
+        load_sentiment(domain, seed=seed, **sizes), tokenizer, max_length=max_length
+    )
+    pool = unlabelled_pool(splits["train"], splits["unlabeled"])
+    if pool_size is not None and check_int("pool_size", pool_size, 2) < len(pool):
+        pool = pool.head(pool_size)
+    learn, select = hold_out(pool, max(1, int(select_share * len(pool))), seed=seed)
+    return TargetDomain(learn, select, splits["test"])
+
+
+def agreement_split(split: TextSplit, logits: torch.Tensor) -> TextSplit:
+    """`split` with a teacher's predicted classes as its labels: accuracy on it is agreement with that
+    teacher, a validation score for early stopping that needs no gold label."""
+    if not isinstance(split, TextSplit):
+        raise TypeError(f"split must be a TextSplit (got {type(split).__name__})")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(split):
+        raise ValueError(f"logits must be a tensor of shape ({len(split)}, classes)")
+    return TextSplit(split.ids, split.texts, split.input_ids, logits.argmax(-1).cpu())
+
+
+# ---------------------------------------------------------------- Noisy Student (Xie et al., 2020)
+
+
+def filter_and_balance(
+    logits: torch.Tensor, threshold: float, per_class: int | None = None
+) -> list[int]:
+    """Xie et al.'s choice of pseudo-labelled rows: those whose top probability reaches `threshold`,
+    then `per_class` rows per predicted class, most confident first; a class with fewer confident
+    rows repeats them (default per_class: the confident rows shared out evenly over the classes)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) == 0:
+        raise ValueError("logits must be a non-empty 2-D tensor (rows, classes)")
+    threshold = check_number("threshold", threshold, 0.0, 1.0)
+    probs = torch.softmax(logits.detach().float().cpu(), dim=-1)
+    confidence, predicted = probs.max(dim=-1)
+    keep = confidence >= threshold
+    n_classes = logits.shape[1]
+    if per_class is None:
+        per_class = int(keep.sum()) // n_classes
+    per_class = check_int("per_class", per_class, 0)
+    rows: list[int] = []
+    for c in range(n_classes):
+        mine = torch.nonzero(keep & (predicted == c)).flatten()
+        if len(mine) == 0 or per_class == 0:
+            continue
+        order = mine[torch.argsort(confidence[mine], descending=True, stable=True)].tolist()
+        rows += [order[k % len(order)] for k in range(per_class)]
+    return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoisyStudentConfig:
+    """One Noisy Student round: the confidence threshold of the pseudo-labels, per-class rows (None:
+    even share of the confident ones), the word-piece drop probability of the student's input noise,
+    how many labelled source rows are mixed in (None: all) and how the student trains."""
+
+    threshold: float = 0.7
+    per_class: int | None = None
+    p_drop: float = 0.1
+    source_rows: int | None = None
+    training: StudentConfig = StudentConfig(epochs=3, lr=1e-4, batch_size=32, patience=1)
+
+    def __post_init__(self) -> None:
+        check_number("threshold", self.threshold, 0.0, 1.0)
+        if self.per_class is not None:
+            check_int("per_class", self.per_class, 1)
+        _check_probability("p_drop", self.p_drop)
+        if self.source_rows is not None:
+            check_int("source_rows", self.source_rows, 1)
+        if not isinstance(self.training, StudentConfig):
+            raise TypeError(
+                f"training must be a StudentConfig (got {type(self.training).__name__})"
+            )
+
+
+def noisy_student_examples(
+    pool: TextSplit,
+    pool_logits: torch.Tensor,
+    source: TextSplit,
+    config: NoisyStudentConfig,
+    *,
+    special_ids: Sequence[int],
+    seed: int = 0,
+) -> tuple[TextExamples, dict[str, int]]:
+    """The noisy student's training rows: the filtered and class-balanced pseudo-labelled pool rows
+    (soft targets, label -1) and labelled source rows (gold labels), every row with word pieces
+    dropped (`special_ids` kept); and the counts (pool, confident, pseudo, source rows)."""
+    if not isinstance(pool, TextSplit) or not isinstance(source, TextSplit):
+        raise TypeError("pool and source must be TextSplit objects")
+    if not isinstance(pool_logits, torch.Tensor) or pool_logits.shape[:1] != (len(pool),):
+        raise ValueError(f"pool_logits must have {len(pool)} rows, one per pool text")
+    if not isinstance(config, NoisyStudentConfig):
+        raise TypeError(f"config must be a NoisyStudentConfig (got {type(config).__name__})")
+    rows = filter_and_balance(pool_logits, config.threshold, config.per_class)
+    if not rows:
+        raise ValueError(
+            f"no pool row reaches threshold={config.threshold}: lower it or label more text"
+        )
+    source_rows = sorted(random_rows(len(source), config.source_rows, seed))
+    if (source.gold[source_rows] < 0).any():
+        raise ValueError("source must be a labelled split (gold labels >= 0)")
+    clean = [pool.input_ids[i] for i in rows] + [source.input_ids[i] for i in source_rows]
+    noisy = drop_tokens(clean, config.p_drop, 1, special_ids=special_ids, seed=seed)
+    logits = pool_logits.detach().float().cpu()
+    targets = torch.cat([logits[rows], torch.zeros(len(source_rows), logits.shape[1])])
+    labels = torch.cat(
+        [torch.full((len(rows),), -1, dtype=torch.long), source.gold[source_rows].long()]
+    )
+    confident = int((torch.softmax(logits, -1).max(-1).values >= config.threshold).sum())
+    counts = {
+        "pool": len(pool),
+        "confident": confident,
+        "pseudo_rows": len(rows),
+        "source_rows": len(source_rows),
+    }
+    return TextExamples(noisy, labels, targets), counts
+
+
+def train_noisy_student(
+    student: nn.Module,
+    pool: TextSplit,
+    pool_logits: torch.Tensor,
+    source: TextSplit,
+    select: TextSplit,
+    device: torch.device | str,
+    config: NoisyStudentConfig = NoisyStudentConfig(),
+    desc: str = "noisy student",
+    *,
+    special_ids: Sequence[int],
+) -> dict[str, Any]:
+    """Train `student` (dropout on, noisy inputs) on the teacher's pseudo-labels of `pool` plus labelled
+    `source` rows, with `labels_or_teacher_loss`; early stopping on `select` (e.g. an agreement_split of a
+    held-out pool slice). Returns its history with the row counts; config.training.seed seeds the noise."""
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"student must be a torch.nn.Module (got {type(student).__name__})")
+    seed = config.training.seed
+    data, counts = noisy_student_examples(
+        pool, pool_logits, source, config, special_ids=special_ids, seed=seed
+    )
+    history = train_student(
+        student, data, select, labels_or_teacher_loss, device, config.training, desc=desc
+    )
+    history.update(counts, epoch_limit=config.training.epochs)
+    return history
+
+
+def noisy_student_rounds(
+    teachers: Mapping[int, nn.Module],
+    new_student: Callable[[int], nn.Module],
+    pool: TextSplit,
+    select: TextSplit,
+    source: TextSplit,
+    test: TextSplit,
+    rounds: int,
+    device: torch.device | str,
+    config: NoisyStudentConfig = NoisyStudentConfig(),
+    *,
+    special_ids: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Noisy Student chains, one per seed: teachers[seed] labels `pool` (clean), a fresh
+    `new_student(seed)` learns it with noise (selected by agreement with its teacher on `select`),
+    then teaches the next round. One row per (round, seed), round 0 being the teacher: test accuracy,
+    agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts."""
+    if not teachers:
+        raise ValueError("teachers is empty: give one teacher per seed, e.g. {0: t0, 1: t1, 2: t2}")
+    rounds = check_int("rounds", rounds, 1)
+    out: list[dict[str, Any]] = []
+    for seed, teacher in teachers.items():
+        first = clean_logits(teacher, test, device).argmax(-1)
+        out.append(
+            {
+                "round": 0,
+                "seed": seed,
+                "test_accuracy": float((first == test.gold).float().mean()),
+                "agrees_with_teacher": 1.0,
+            }
+        )
+        for r in range(1, rounds + 1):
+            round_config = dataclasses.replace(
+                config, training=config.training.replace(seed=seed + 100 * r)
+            )
+            pool_logits = clean_logits(teacher, pool, device)
+            chooser = agreement_split(select, clean_logits(teacher, select, device))
+            student = new_student(seed + 100 * r)
+            hist = train_noisy_student(
+                student,
+                pool,
+                pool_logits,
+                source,
+                chooser,
+                device,
+                round_config,
+                desc=f"round {r}, seed {seed}",
+                special_ids=special_ids,
+            )
+            said = clean_logits(student, test, device).argmax(-1)
+            out.append(
+                {
+                    "round": r,
+                    "seed": seed,
+                    "test_accuracy": float((said == test.gold).float().mean()),
+                    "agrees_with_teacher": float((said == first).float().mean()),
+                    "selection_agreement": hist["best_val_accuracy"],
+                    "best_epoch": hist["best_epoch"],
+                    "epoch_limit": hist["epoch_limit"],
+                    **{k: hist[k] for k in ("pool", "confident", "pseudo_rows", "source_rows")},
+                }
+            )
+            teacher = student
+    return out
