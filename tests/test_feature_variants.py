@@ -15,7 +15,7 @@ from kdhelpers.chapters.features import (
     train_feature_variant,
     uniform_layer_map,
 )
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, best_on_validation
+from kdhelpers.chapters.recipes import StudentConfig, TextSplit, best_on_validation, split_accuracy
 from kdhelpers.losses import attention_transfer_loss, hidden_mse_loss
 from kdhelpers.models import tiny_bert_student
 
@@ -263,3 +263,47 @@ def test_widen_grid_looks_past_the_edge_within_the_range():
     assert widen_grid([1.0], 1.0, 0.01, 100.0) == pytest.approx(10.0)  # one value: look up first
     with pytest.raises(ValueError, match="must be one of the values tried"):
         widen_grid([0.1, 1.0], 3.0, 0.01, 100.0)
+
+
+def test_gradient_share_and_clip_factor_per_logged_step():
+    from kdhelpers.chapters.features import gradient_share
+
+    log = [
+        {"logit_grad_norm": 3.0, "feature_grad_norm": 1.0, "total_grad_norm": 4.0},
+        {"logit_grad_norm": 0.5, "feature_grad_norm": 0.0, "total_grad_norm": 0.5},
+        {"logit_grad_norm": 0.0, "feature_grad_norm": 0.0, "total_grad_norm": 0.0},
+    ]
+    got = gradient_share(log, max_norm=1.0)
+    assert got == {"feature_share": [0.25, 0.0, 0.0], "clip_factor": [0.25, 1.0, 1.0]}
+    assert gradient_share(log[:1], max_norm=8.0)["clip_factor"] == [1.0]
+    with pytest.raises(ValueError, match="empty"):
+        gradient_share([], 1.0)
+    with pytest.raises(ValueError, match="total_grad_norm"):
+        gradient_share([{"logit_grad_norm": 1.0, "feature_grad_norm": 1.0}], 1.0)
+    with pytest.raises(ValueError, match="max_norm"):
+        gradient_share(log, 0.0)
+
+
+def test_score_variant_row_matches_its_run(teacher):
+    from kdhelpers.chapters import features
+
+    feats = teacher_features(teacher, IDS, hidden_layers=(4,), device="cpu")
+    gold = torch.tensor([0, 1, 0, 1, 0, 1])
+    data = TextExamples(IDS, gold, torch.randn(6, 2, generator=torch.Generator().manual_seed(0)))
+    val = TextSplit([f"v{i}" for i in range(4)], ["t"] * 4, IDS[:4], gold[:4])
+    test = TextSplit([f"t{i}" for i in range(6)], ["t"] * 6, IDS, gold)
+    setup = FeatureSetup(50, feats, 4, ((2, 4),), data, val, alpha=0.0, temperature=2.0)
+    config = StudentConfig(epochs=2, lr=1e-3, batch_size=3, patience=None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(features, "make_student", lambda kind, vocab, seed=0: small_student(seed))
+        run, row = features.score_variant(
+            setup, FeatureVariant(name="hint", kind="mse", beta=0.5), config, "cpu", 1, test
+        )
+        _, plain = features.score_variant(
+            setup, FeatureVariant(name="plain"), config, "cpu", 1, test
+        )
+    assert row["student"] == "hint" and row["beta"] == 0.5 and row["seed"] == 1
+    assert row["best_epoch"] == run.history["best_epoch"] and row["epoch_limit"] == 2
+    assert row["val_accuracy"] == run.history["best_val_accuracy"]
+    assert row["test_accuracy"] == split_accuracy(run.student, test, "cpu") and row["minutes"] > 0
+    assert plain["beta"] is None, "a student without a hint term has no beta"

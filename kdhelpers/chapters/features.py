@@ -4,6 +4,7 @@ its own, the combined loss."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,13 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples, make_loader, pad_collate
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student, train_student
+from kdhelpers.chapters.recipes import (
+    StudentConfig,
+    TextSplit,
+    make_student,
+    split_accuracy,
+    train_student,
+)
 from kdhelpers.device import autocast, get_device, seeded, to_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of, mean_pool
@@ -667,3 +674,51 @@ def train_feature_variant(
     if variant.two_stage:
         return FeatureRun(student, hist, stage1, loss1.log, loss1.grad_log)
     return FeatureRun(student, hist, None, loss.log, loss.grad_log)
+
+
+def gradient_share(
+    grad_log: Sequence[Mapping[str, float]], max_norm: float
+) -> dict[str, list[float]]:
+    """Per logged step of a make_feature_kd_loss grad_log: the feature term's share of the two
+    gradient norms, feature / (feature + logit), and the clip factor of global clipping at
+    `max_norm`, min(1, max_norm / total norm)."""
+    max_norm = check_number("max_norm", max_norm, 0.0, strict_min=True)
+    if not grad_log:
+        raise ValueError("grad_log is empty: train or measure with grad_every set")
+    share, clip = [], []
+    for k, step in enumerate(grad_log):
+        missing = {"logit_grad_norm", "feature_grad_norm", "total_grad_norm"} - set(step)
+        if missing:
+            raise ValueError(f"grad_log[{k}] lacks {sorted(missing)}")
+        both = step["feature_grad_norm"] + step["logit_grad_norm"]
+        share.append(step["feature_grad_norm"] / both if both > 0 else 0.0)
+        total = step["total_grad_norm"]
+        clip.append(min(1.0, max_norm / total) if total > 0 else 1.0)
+    return {"feature_share": share, "clip_factor": clip}
+
+
+def score_variant(
+    setup: FeatureSetup,
+    variant: FeatureVariant,
+    config: StudentConfig,
+    device: torch.device | str,
+    seed: int,
+    test: TextSplit,
+) -> tuple[FeatureRun, dict[str, Any]]:
+    """Train `variant` with `seed` (train_feature_variant), time it and test it once: the run and its
+    row (student, beta, seed, test and validation accuracy, best epoch, epoch limit, minutes)."""
+    started = time.perf_counter()
+    run = train_feature_variant(setup, variant, config, device, seed=seed)
+    minutes = (time.perf_counter() - started) / 60
+    one_stage_hint = variant.kind != "logits" and not variant.two_stage
+    row = {
+        "student": variant.name,
+        "beta": variant.beta if one_stage_hint else None,
+        "seed": seed,
+        "test_accuracy": split_accuracy(run.student, test, device),
+        "val_accuracy": run.history["best_val_accuracy"],
+        "best_epoch": run.history["best_epoch"],
+        "epoch_limit": config.epochs,
+        "minutes": minutes,
+    }
+    return run, row
