@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -563,9 +564,15 @@ def test_interrupted_download_kills_pip_and_its_helpers(tmp_path: Path, monkeypa
         _wait_for_pids(pid_file)
         _thread.interrupt_main()
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        kd_fetch._pip_download(tmp_path, timeout_s=60)
+    # a shell that starts pytest in the background (`cmd &`) leaves SIGINT ignored, and then
+    # interrupt_main() does nothing: give SIGINT Python's own handler for this test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            kd_fetch._pip_download(tmp_path, timeout_s=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     pids = _wait_for_pids(pid_file)
     deadline = time.monotonic() + 10
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
