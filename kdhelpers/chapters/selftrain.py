@@ -34,7 +34,7 @@ from kdhelpers.chapters.recipes import (
 )
 from kdhelpers.chapters.transfer import random_rows
 from kdhelpers.data import load_sentiment
-from kdhelpers.pseudo import predict_logits
+from kdhelpers.pseudo import confident, predict_logits
 from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
 from kdhelpers.validate import check_int, check_number
 
@@ -278,9 +278,9 @@ def filter_and_balance(
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) == 0:
         raise ValueError("logits must be a non-empty 2-D tensor (rows, classes)")
     threshold = check_number("threshold", threshold, 0.0, 1.0)
-    probs = torch.softmax(logits.detach().float().cpu(), dim=-1)
-    confidence, predicted = probs.max(dim=-1)
-    keep = confidence >= threshold
+    logits = logits.detach().float().cpu()
+    confidence, predicted = torch.softmax(logits, dim=-1).max(dim=-1)
+    keep = confident(logits, threshold)
     n_classes = logits.shape[1]
     if per_class is None:
         per_class = int(keep.sum()) // n_classes
@@ -353,10 +353,9 @@ def noisy_student_examples(
     labels = torch.cat(
         [torch.full((len(rows),), -1, dtype=torch.long), source.gold[source_rows].long()]
     )
-    confident = int((torch.softmax(logits, -1).max(-1).values >= config.threshold).sum())
     counts = {
         "pool": len(pool),
-        "confident": confident,
+        "confident": int(confident(logits, config.threshold).sum()),
         "pseudo_rows": len(rows),
         "source_rows": len(source_rows),
     }
