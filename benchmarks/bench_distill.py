@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from kdhelpers.batching import TextExamples, make_loader
-from kdhelpers.chapters.headline import load_headline_run, load_headline_student, remap_split
+from kdhelpers.chapters.headline import choose_headline_run, load_headline_student, remap_split
 from kdhelpers.chapters.recipes import (
     course_data,
     course_settings,
@@ -143,10 +143,12 @@ def bench_models(teacher, emb, inputs, min_inputs: int) -> list[dict]:
 
 
 def bench_headline(splits, settings, lat_inputs: int) -> dict | None:
-    """The headline student (scripts/headline_run.py) beside the fine-tuned teacher, timed together:
+    """The headline student (scripts/headline_run.py; the committed run chosen on validation, as in
+    chapter 06) beside the fine-tuned teacher, timed together:
     accuracy retained, parameter ratio, batch-1 and batch-64 latency ratios; None when this machine
     holds no headline run or no checkpoint of its student."""
-    record = load_headline_run()
+    choice = choose_headline_run()  # the committed run chapter 06 shows, chosen on validation
+    record = choice.record if choice is not None else None
     loaded = load_headline_student(record) if record is not None else None
     if loaded is None:
         return None

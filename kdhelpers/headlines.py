@@ -125,14 +125,28 @@ def _compression(r: Record) -> list[str]:
     if "headline_of_teacher" in m:
         d = r.get("details", {})
         seeds = m.get("headline_per_seed", [])
+        student = {"bilstm": "BiLSTM", "cnn": "word-CNN"}.get(m.get("headline_student", ""), "")
+        kind = f"a {student} " if student else ""
+        misses = d.get("headline_misses", {})
+        short = {
+            "of_teacher": lambda v: f"{pct(v)} of the teacher",
+            "fewer_params": lambda v: f"{ratio(v, 3)} fewer parameters",
+            "speedup_b1": lambda v: f"a batch-1 speed-up of {ratio(v, 4)}",
+        }
         lines.append(
-            f"- **Headline student (06)**, {d.get('headline_source', 'this run')}: trained on "
+            f"- **Headline student (06)**, {d.get('headline_source', 'this run')}: {kind}trained on "
             f"{m['headline_transfer_rows']:,} teacher-labelled rows, it keeps "
             f"{pct(m['headline_of_teacher'])} of the teacher's accuracy on average over {len(seeds)} "
             f"seeds ({', '.join(pct(a) for a in seeds)}) with {ratio(m['headline_fewer_params'])} fewer "
-            f"parameters and {ratio(m['headline_speedup_b1'])} lower batch-1 latency "
+            f"parameters and {ratio(m['headline_speedup_b1'], 3)} lower batch-1 latency "
             f"({ratio(m['headline_speedup_b64'])} at batch 64). Target >= 97% at >= 10x smaller and "
-            f"faster: {_verdict(bool(m['headline_target_met']))}."
+            f"faster: {_verdict(bool(m['headline_target_met']))}"
+            + (
+                " (short: " + "; ".join(short[k](v) for k, v in misses.items() if k in short) + ")"
+                if misses and not m["headline_target_met"]
+                else ""
+            )
+            + "."
         )
     return lines
 
@@ -193,7 +207,8 @@ def _beyond_logits(r: Record) -> list[str]:
         f"{pct(m['mse_accuracy'])}, cosine hints {pct(m['cosine_accuracy'])}, attention matching "
         f"{pct(m['attention_accuracy'])}, TinyBERT's two stages "
         f"{pct(m['mse_attention_two_stage_accuracy'])}; {said}; "
-        f"{m['runs_at_epoch_limit']} runs ended at the epoch limit."
+        f"{m['runs_at_epoch_limit']} "
+        f"{'run' if m['runs_at_epoch_limit'] == 1 else 'runs'} ended at the epoch limit."
     ]
 
 

@@ -3,6 +3,7 @@
     python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1.5 h, 2 cores)
     python scripts/headline_run.py --plan quick --out /tmp/headline.json   # smoke test (a minute)
     python scripts/headline_run.py --kind bilstm --every-row-only --out benchmarks/headline-bilstm.json
+    python scripts/headline_run.py --retime benchmarks/headline-bilstm.json   # latency again, alone (minutes)
 
 Builds the large transfer set (movie snippets, the other VADER domains' sentences, masked copies and
 embedding-neighbour copies; no validation or test text), labels it once with chapter 03's teacher
@@ -10,6 +11,8 @@ embedding-neighbour copies; no validation or test text), labels it once with cha
 nested subsets of growing size, over three seeds (`kdhelpers.chapters.headline.run_headline`), with
 the learning rate chosen on validation and, in cpu-full, each source of rows left out in turn.
 `--every-row-only` trains at the full size only (no curve, no ablation): to compare another student.
+`--retime FILE` trains nothing: it measures the latency of FILE's saved student again (run it on an
+otherwise idle machine) and writes the new numbers into FILE, keeping the old ones beside them.
 Writes one JSON file (default benchmarks/headline.json) that chapter 06 reads and shows: the curve
 of accuracy against transfer-set size and the headline row (accuracy, share of the teacher,
 parameters, batch-1 and batch-64 latency with the course's latency method). The teacher and alpha/T
@@ -28,6 +31,8 @@ from kdhelpers.chapters.headline import (
     HEADLINE_PLANS,
     HEADLINE_STUDENTS,
     HeadlinePlan,
+    load_headline_run,
+    retime_headline,
     run_headline,
 )
 from kdhelpers.paths import project_root
@@ -48,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train on every row only (no curve, no source ablation)",
     )
     p.add_argument("--out", type=Path, default=project_root() / "benchmarks" / "headline.json")
+    p.add_argument(
+        "--retime",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="measure the latency of FILE's saved student again and update FILE (no training)",
+    )
     return p.parse_args(argv)
 
 
@@ -64,6 +76,19 @@ def plan_from_args(args: argparse.Namespace) -> HeadlinePlan:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment and write its JSON; 0 when it ran."""
     args = parse_args(argv)
+    if args.retime is not None:
+        record = load_headline_run(args.retime)
+        if record is None:
+            raise SystemExit(f"--retime: {args.retime} does not exist")
+        start(args.profile, 0)
+        record = retime_headline(record, args.profile)
+        args.retime.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        h = record["headline"]
+        print(
+            f"speedup b1 {h['speedup_b1']:.2f}x (before {h['latency_before']['speedup_b1']:.2f}x)"
+        )
+        print("written", args.retime)
+        return 0
     plan = plan_from_args(args)
     session = start(args.profile, 0)
     record = run_headline(plan, args.profile, session.device)

@@ -174,3 +174,104 @@ def test_headline_script_applies_kind_and_every_row_only():
     assert bilstm.lr_grid == default.lr_grid  # its own learning rate, chosen the same way
     with pytest.raises(SystemExit):
         script.parse_args(["--plan", "nope"])
+    assert script.parse_args(["--retime", "b/h.json"]).retime.as_posix() == "b/h.json"
+    assert script.parse_args([]).retime is None
+    with pytest.raises(SystemExit, match="nope.json does not exist"):
+        script.main(["--retime", "nope.json"])
+
+
+def _record(path, kind, val_accs, test_acc=0.8):
+    import json
+
+    record = {"headline": {"accuracy_mean": test_acc}, "curve": [], "teacher_accuracy": 0.86,
+              "transfer_rows": 10, "student": {"kind": kind},
+              "lr_search": [{"lr": 1e-3, "best_val_accuracy": v} for v in val_accs]}  # fmt: skip
+    path.write_text(json.dumps(record), encoding="utf-8")
+    return path
+
+
+def test_choose_headline_run_reads_validation_only(tmp_path):
+    from kdhelpers.chapters.headline import choose_headline_run
+
+    cnn = _record(tmp_path / "headline.json", "cnn", [0.81, 0.80], test_acc=0.95)
+    lstm = _record(tmp_path / "headline-bilstm.json", "bilstm", [0.79, 0.84], test_acc=0.5)
+    choice = choose_headline_run([cnn, lstm])
+    assert choice.path == lstm and choice.record["student"]["kind"] == "bilstm"
+    assert choice.validation == {"headline.json": 0.81, "headline-bilstm.json": 0.84}
+    tie = _record(tmp_path / "headline-tie.json", "bilstm", [0.84])
+    assert choose_headline_run([lstm, tie]).path == lstm  # a tie keeps the first path
+    assert choose_headline_run([tie, lstm]).path == tie
+    assert choose_headline_run([]) is None
+    _record(tmp_path / "headline-none.json", "cnn", [])
+    with pytest.raises(ValueError, match="headline-none.json has no lr_search"):
+        choose_headline_run([cnn, tmp_path / "headline-none.json"])
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        choose_headline_run([tmp_path / "nope.json"])
+
+
+def test_choose_headline_run_defaults_to_the_benchmarks_folder(tmp_path, monkeypatch):
+    from kdhelpers.chapters import headline
+
+    _record(tmp_path / "headline.json", "cnn", [0.81])
+    _record(tmp_path / "headline-bilstm.json", "bilstm", [0.84])
+    (tmp_path / "results.json").write_text("{}", encoding="utf-8")  # not a headline run
+    monkeypatch.setattr(headline, "benchmarks_dir", lambda: tmp_path)
+    assert headline.choose_headline_run().path.name == "headline-bilstm.json"
+
+
+def test_headline_misses_names_each_criterion_below_its_line():
+    from kdhelpers.chapters.headline import headline_misses
+
+    row = {"of_teacher": 0.993, "fewer_params": 10.8, "speedup_b1": 9.997}
+    assert headline_misses(row) == {"speedup_b1": 9.997}
+    assert headline_misses({**row, "speedup_b1": 10.0}) == {}
+    assert headline_misses({**row, "of_teacher": 0.9, "fewer_params": 3}) == {
+        "of_teacher": 0.9, "fewer_params": 3.0, "speedup_b1": 9.997}  # fmt: skip
+    with pytest.raises(ValueError, match="speedup_b1"):
+        headline_misses({"of_teacher": 1, "fewer_params": 20})
+
+
+def test_time_headline_checks_its_inputs():
+    from kdhelpers.chapters.headline import time_headline
+
+    student = make_student("cnn", 20, None, seed=0, embed_dim=4, channels=2, widths=(2,))
+    ids = [[1, 2, 3 + i % 10] for i in range(64)]
+    with pytest.raises(ValueError, match="same snippets"):
+        time_headline(student, student, ids, ids[:10], 8)
+    with pytest.raises(ValueError, match="n_inputs"):
+        time_headline(student, student, ids, ids, 0)
+    lat1, lat64 = time_headline(student, student, ids, ids, 8)
+    assert lat1["student"].n == 8 and lat1["teacher"].batch_size == 1
+    assert lat64["student"].n == 1 and lat64["student"].batch_size == 64
+
+
+def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
+    from kdhelpers.chapters import headline
+    from kdhelpers.chapters.recipes import TextSplit
+
+    vm = headline.VocabMap((0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12), 100, 200)
+    teacher = make_student("cnn", 200, None, seed=1, embed_dim=8, channels=4, widths=(2,))
+    student = make_student("cnn", vm.size, None, seed=2, embed_dim=4, channels=2, widths=(2,))
+    ids = [[1 + i % 12, 2 + i % 7, 3] for i in range(64)]
+    test = TextSplit([str(i) for i in range(64)], [""] * 64, ids, torch.zeros(64, dtype=torch.long))
+    monkeypatch.setattr(headline, "load_headline_student", lambda record: (student, vm))
+    monkeypatch.setattr(
+        headline,
+        "course_teacher",
+        lambda settings, device: (teacher, None, {"test": test}, None, None),
+    )
+    old = {"of_teacher": 0.99, "fewer_params": 11.0, "speedup_b1": 10.6, "speedup_b64": 43.0,
+           "latency": {"teacher": {}, "student": {}}}  # fmt: skip
+    record = {"headline": old, "machine": {"cpu": "x", "threads": 1},
+              "plan": {"latency_inputs": 20}, "student_checkpoint": "h"}  # fmt: skip
+    new = headline.retime_headline(record, "quick")
+    h = new["headline"]
+    assert h["latency_before"] == {k: old[k] for k in ("speedup_b1", "speedup_b64", "latency")}
+    assert h["latency"]["student"]["b1"]["n"] == 20 and h["latency"]["student"]["b64"]["n"] == 1
+    assert h["speedup_b1"] == pytest.approx(
+        h["latency"]["teacher"]["b1"]["median_ms"] / h["latency"]["student"]["b1"]["median_ms"]
+    )
+    assert h["of_teacher"] == 0.99 and record["headline"] is old  # the input is left as it was
+    monkeypatch.setattr(headline, "load_headline_student", lambda record: None)
+    with pytest.raises(FileNotFoundError, match="'h' is not on this machine"):
+        headline.retime_headline(record, "quick")

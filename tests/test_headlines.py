@@ -92,3 +92,29 @@ def test_cross_domain_headline_reads_the_seeded_record_and_its_comparisons():
     assert "69.0% (target soft targets, target text +4.1 points [" in text
     assert "round 0 79.0%, round 1 80.0%; round 1 beats round 0 by 1.0 points" in text
     assert "beats movie labels on 2 of 3 domains" in text
+
+
+def test_compression_headline_names_the_student_and_what_falls_short():
+    import copy
+    import json
+
+    from kdhelpers.paths import project_root
+
+    record = json.loads(
+        (project_root() / "results" / "06_compression.json").read_text(encoding="utf-8")
+    )
+    r = copy.deepcopy(record)
+    r["metrics"].update(
+        headline_of_teacher=0.993, headline_fewer_params=10.83, headline_speedup_b1=9.9972,
+        headline_speedup_b64=43.3, headline_transfer_rows=310877, headline_per_seed=[0.855, 0.85],
+        headline_target_met=False, headline_student="bilstm",
+    )  # fmt: skip
+    r["details"].update(headline_source="benchmarks/x.json", headline_misses={"speedup_b1": 9.9972})
+    text = results_section({"06_compression": r}, "")
+    assert "benchmarks/x.json: a BiLSTM trained on 310,877 teacher-labelled rows" in text
+    assert "99.3% of the teacher's accuracy on average over 2 seeds (85.5%, 85.0%)" in text
+    assert "10.0x lower batch-1 latency" in text  # three figures next to a 10x line
+    assert "faster: **not met** (short: a batch-1 speed-up of 9.997x)." in text
+    r["metrics"].update(headline_speedup_b1=10.6, headline_target_met=True)
+    r["details"]["headline_misses"] = {}
+    assert "faster: **met**." in results_section({"06_compression": r}, "")

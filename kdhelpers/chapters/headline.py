@@ -422,6 +422,33 @@ HEADLINE_PLANS: dict[str, HeadlinePlan] = {
 }  # fmt: skip
 
 
+def time_headline(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    teacher_ids: Sequence[Sequence[int]],
+    student_ids: Sequence[Sequence[int]],
+    n_inputs: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Batch-1 and batch-64 CPU latency of the teacher and the student, interleaved, with the course's
+    method: the first `n_inputs` test snippets at batch 1, every whole batch of 64 at batch 64 (each
+    model reads its own token ids of the same snippets)."""
+    check_int("n_inputs", n_inputs, 1)
+    if len(teacher_ids) != len(student_ids):
+        raise ValueError(
+            f"teacher_ids and student_ids must hold the same snippets (got {len(teacher_ids)} and "
+            f"{len(student_ids)} rows)"
+        )
+    models = {"teacher": teacher, "student": student}
+    n = min(n_inputs, len(student_ids))
+    lat1 = measure_latency(
+        models, {"teacher": teacher_ids[:n], "student": student_ids[:n]}, min_inputs=min(200, n)
+    )
+    n64 = max(1, len(student_ids) // 64)
+    inputs64 = {"teacher": teacher_ids[: n64 * 64], "student": student_ids[: n64 * 64]}
+    lat64 = measure_latency(models, inputs64, batch_size=64, warmup=2, min_inputs=n64)
+    return lat1, lat64
+
+
 def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict[str, Any]:
     """Build and label the transfer set, train the student on nested subsets over the plan's seeds,
     time the student beside the teacher; returns the JSON-ready record chapter 06 shows.
@@ -568,16 +595,9 @@ def run_headline(plan: HeadlinePlan, profile: str, device: torch.device) -> dict
          "teacher_size": vm.teacher_size, "profile": profile},
     )  # fmt: skip
     cpu_teacher = teacher.to("cpu")
-    n_lat = min(plan.latency_inputs, len(test.input_ids))
-    models_cpu = {"teacher": cpu_teacher, "student": student}
-    inputs = {"teacher": splits["test"].input_ids[:n_lat], "student": test.input_ids[:n_lat]}
-    lat1 = measure_latency(models_cpu, inputs, min_inputs=min(200, n_lat))
-    n64 = max(1, len(test.input_ids) // 64)
-    inputs64 = {
-        "teacher": splits["test"].input_ids[: n64 * 64],
-        "student": test.input_ids[: n64 * 64],
-    }
-    lat64 = measure_latency(models_cpu, inputs64, batch_size=64, warmup=2, min_inputs=n64)
+    lat1, lat64 = time_headline(
+        cpu_teacher, student, splits["test"].input_ids, test.input_ids, plan.latency_inputs
+    )
     n_student, n_teacher = count_parameters(student), count_parameters(cpu_teacher)
     return {
         "date": dt.date.today().isoformat(),
@@ -627,6 +647,89 @@ def load_headline_run(path: Path | None = None) -> dict[str, Any] | None:
     if missing:
         raise ValueError(f"{path} is not a headline run: it lacks {sorted(missing)}")
     return record
+
+
+#: The headline target: at least this share of the teacher's test accuracy, this many times fewer
+#: parameters and this batch-1 CPU speed-up.
+HEADLINE_TARGET: dict[str, float] = {"of_teacher": 0.97, "fewer_params": 10.0, "speedup_b1": 10.0}
+
+
+def headline_misses(headline: Mapping[str, Any]) -> dict[str, float]:
+    """The criteria of HEADLINE_TARGET that a record's 'headline' row falls short of (name -> its
+    value); empty when the target is met."""
+    missing = set(HEADLINE_TARGET) - set(headline)
+    if missing:
+        raise ValueError(f"headline lacks {sorted(missing)}")
+    return {
+        name: float(headline[name])
+        for name, line in HEADLINE_TARGET.items()
+        if float(headline[name]) < line
+    }
+
+
+@dataclass(frozen=True)
+class HeadlineChoice:
+    """The committed headline run chosen on validation: its file, its record, and every candidate's
+    best movie-validation accuracy (file name -> accuracy), the only number the choice reads."""
+
+    path: Path
+    record: dict[str, Any]
+    validation: dict[str, float]
+
+
+def choose_headline_run(paths: Sequence[Path] | None = None) -> HeadlineChoice | None:
+    """The committed headline run (benchmarks/headline*.json by default) whose student reached the
+    best movie-validation accuracy in its learning-rate search; None when there is none. Test
+    accuracy plays no part; on a tie the first path (sorted by name) wins."""
+    if paths is None:
+        paths = sorted(benchmarks_dir().glob("headline*.json"))
+    records = {Path(p): load_headline_run(Path(p)) for p in paths}
+    validation: dict[Path, float] = {}
+    for path, record in records.items():
+        if record is None:
+            raise FileNotFoundError(f"paths holds {path}, which does not exist")
+        if not record.get("lr_search"):
+            raise ValueError(
+                f"{path} has no lr_search: without a validation accuracy it cannot be compared"
+            )
+        validation[path] = max(float(r["best_val_accuracy"]) for r in record["lr_search"])
+    if not validation:
+        return None
+    best = max(validation, key=lambda p: (validation[p], -list(validation).index(p)))
+    return HeadlineChoice(best, records[best], {p.name: v for p, v in validation.items()})
+
+
+def retime_headline(record: Mapping[str, Any], profile: str = "standard") -> dict[str, Any]:
+    """A copy of a headline run's record with its latency measured again on this machine, now
+    (`time_headline` with the run's own number of inputs): the seed-0 student from its checkpoint
+    beside chapter 03's teacher for `profile`; the old numbers are kept under 'latency_before'."""
+    loaded = load_headline_student(record)
+    if loaded is None:
+        raise FileNotFoundError(
+            f"the checkpoint {record.get('student_checkpoint')!r} is not on this machine"
+        )
+    student, vm = loaded
+    cpu = torch.device("cpu")
+    teacher, _, splits, _, _ = course_teacher(course_settings(profile, 0), cpu)
+    test = splits["test"]
+    lat1, lat64 = time_headline(
+        teacher.to(cpu).eval(),
+        student,
+        test.input_ids,
+        remap_split(test, vm).input_ids,
+        int(record["plan"]["latency_inputs"]),
+    )
+    old = record["headline"]
+    new = {**record, "machine": {**record["machine"], "threads": lat1["teacher"].threads}}
+    new["headline"] = {
+        **old,
+        "speedup_b1": speedup(lat1["teacher"], lat1["student"]),
+        "speedup_b64": speedup(lat64["teacher"], lat64["student"]),
+        "latency": {m: {"b1": lat1[m].as_dict(), "b64": lat64[m].as_dict()} for m in lat1},
+        "latency_measured": dt.date.today().isoformat(),
+        "latency_before": {k: old[k] for k in ("speedup_b1", "speedup_b64", "latency")},
+    }
+    return new
 
 
 def load_headline_student(record: Mapping[str, Any]) -> tuple[torch.nn.Module, VocabMap] | None:
