@@ -110,8 +110,9 @@ def _row(record: Record, name: str) -> Mapping[str, Any] | None:
 def _compression(r: Record) -> list[str]:
     m = r["metrics"]
     line = (
-        "- **Compression (06)**: a model that keeps >= 97% of the teacher's accuracy at >= 10x lower "
-        f"batch-1 latency: {_verdict(bool(m['target_met']))}. The int8-quantized teacher keeps "
+        "- **Compression (06)**, the chapter's own students and compressed teachers (section 9): one "
+        "that keeps >= 97% of the teacher's accuracy at >= 10x lower batch-1 latency: "
+        f"{_verdict(bool(m['target_met']))}. The int8-quantized teacher keeps "
         f"{pct(m['teacher_int8_accuracy'] / m['teacher_accuracy'])} at "
         f"{ratio(m['teacher_int8_speedup_b1'])} lower batch-1 latency and "
         f"{ratio(m['teacher_int8_size_ratio'])} smaller. A 3-layer DistilBERT-style student keeps "

@@ -273,13 +273,18 @@ class BiLSTMStudent(nn.Module):
         mask = attention_mask.bool()
         x = self.dropout(self.embedding(input_ids))
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(
-            x, lengths, batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(
-            out, batch_first=True, total_length=input_ids.shape[1]
-        )
+        if bool(
+            (lengths == input_ids.shape[1]).all()
+        ):  # no padding (one snippet, or equal lengths):
+            out, _ = self.lstm(x)  # the same function without the cost of packing
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths, batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.lstm(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(
+                out, batch_first=True, total_length=input_ids.shape[1]
+            )
         pooled = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         return self.head(self.dropout(pooled))
 

@@ -3,7 +3,7 @@
     python scripts/headline_run.py                          # the committed run: plan cpu-full (about 1.5 h, 2 cores)
     python scripts/headline_run.py --plan quick --out /tmp/headline.json   # smoke test (a minute)
     python scripts/headline_run.py --kind bilstm --every-row-only --out benchmarks/headline-bilstm.json
-    python scripts/headline_run.py --retime benchmarks/headline-bilstm.json   # latency again, alone (minutes)
+    python scripts/headline_run.py --retime benchmarks/headline-bilstm.json --note alone   # latency again
 
 Builds the large transfer set (movie snippets, the other VADER domains' sentences, masked copies and
 embedding-neighbour copies; no validation or test text), labels it once with chapter 03's teacher
@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="measure the latency of FILE's saved student again and update FILE (no training)",
     )
+    p.add_argument("--note", default="", help="with --retime: what differs in this measurement")
     return p.parse_args(argv)
 
 
@@ -81,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if record is None:
             raise SystemExit(f"--retime: {args.retime} does not exist")
         start(args.profile, 0)
-        record = retime_headline(record, args.profile)
+        if not args.note:
+            raise SystemExit("--retime needs --note: what differs in this measurement")
+        record = retime_headline(record, args.note, args.profile)
         args.retime.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        h = record["headline"]
-        print(
-            f"speedup b1 {h['speedup_b1']:.2f}x (before {h['latency_before']['speedup_b1']:.2f}x)"
-        )
+        for m in record["headline"]["latency_history"]:
+            print(f"{m['date']}: batch-1 speed-up {m['speedup_b1']:.3f}x ({m['note']})")
         print("written", args.retime)
         return 0
     plan = plan_from_args(args)

@@ -62,7 +62,14 @@ def test_bilstm_student_ignores_padding_and_counts_its_parameters():
     ids = [[1, 5, 6, 2], [1, 7, 2]]
     together = predict_logits(model, ids, batch_size=2, device="cpu", sort_by_length=False)
     alone = torch.cat([predict_logits(model, [x], device="cpu") for x in ids])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)  # packed vs unpadded path
+    same = [[1, 5, 6, 2], [1, 7, 8, 2]]  # equal lengths: no packing; the same logits as one by one
+    torch.testing.assert_close(
+        predict_logits(model, same, batch_size=2, device="cpu", sort_by_length=False),
+        torch.cat([predict_logits(model, [x], device="cpu") for x in same]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     lstm = 2 * 4 * 8 * (16 + 8 + 2)  # two directions, four gates, two bias vectors
     assert sum(p.numel() for p in model.parameters()) == 100 * 16 + lstm + (2 * 8 * 2 + 2)
 
@@ -177,7 +184,7 @@ def test_headline_script_applies_kind_and_every_row_only():
     assert script.parse_args(["--retime", "b/h.json"]).retime.as_posix() == "b/h.json"
     assert script.parse_args([]).retime is None
     with pytest.raises(SystemExit, match="nope.json does not exist"):
-        script.main(["--retime", "nope.json"])
+        script.main(["--retime", "nope.json", "--note", "x"])
 
 
 def _record(path, kind, val_accs, test_acc=0.8):
@@ -264,9 +271,14 @@ def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
            "latency": {"teacher": {}, "student": {}}}  # fmt: skip
     record = {"headline": old, "machine": {"cpu": "x", "threads": 1},
               "plan": {"latency_inputs": 20}, "student_checkpoint": "h"}  # fmt: skip
-    new = headline.retime_headline(record, "quick")
+    new = headline.retime_headline(record, "alone", "quick")
     h = new["headline"]
-    assert h["latency_before"] == {k: old[k] for k in ("speedup_b1", "speedup_b64", "latency")}
+    assert [(m["speedup_b1"], m["note"]) for m in h["latency_history"]] == [
+        (10.6, "the run that trained the student"), (h["speedup_b1"], "alone")]  # fmt: skip
+    again = headline.retime_headline(new, " again ", "quick")["headline"]["latency_history"]
+    assert len(again) == 3 and again[:2] == h["latency_history"] and again[2]["note"] == "again"
+    with pytest.raises(ValueError, match="note"):
+        headline.retime_headline(record, " ", "quick")
     assert h["latency"]["student"]["b1"]["n"] == 20 and h["latency"]["student"]["b64"]["n"] == 1
     assert h["speedup_b1"] == pytest.approx(
         h["latency"]["teacher"]["b1"]["median_ms"] / h["latency"]["student"]["b1"]["median_ms"]
@@ -274,4 +286,4 @@ def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
     assert h["of_teacher"] == 0.99 and record["headline"] is old  # the input is left as it was
     monkeypatch.setattr(headline, "load_headline_student", lambda record: None)
     with pytest.raises(FileNotFoundError, match="'h' is not on this machine"):
-        headline.retime_headline(record, "quick")
+        headline.retime_headline(record, "alone", "quick")

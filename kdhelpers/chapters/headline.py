@@ -699,10 +699,15 @@ def choose_headline_run(paths: Sequence[Path] | None = None) -> HeadlineChoice |
     return HeadlineChoice(best, records[best], {p.name: v for p, v in validation.items()})
 
 
-def retime_headline(record: Mapping[str, Any], profile: str = "standard") -> dict[str, Any]:
+def retime_headline(
+    record: Mapping[str, Any], note: str, profile: str = "standard"
+) -> dict[str, Any]:
     """A copy of a headline run's record with its latency measured again on this machine, now
     (`time_headline` with the run's own number of inputs): the seed-0 student from its checkpoint
-    beside chapter 03's teacher for `profile`; the old numbers are kept under 'latency_before'."""
+    beside chapter 03's teacher for `profile`. Every measurement stays in 'latency_history' (date,
+    speed-ups, `note`: what was different), the training run's own first."""
+    if not isinstance(note, str) or not note.strip():
+        raise ValueError("note must say what differs in this measurement (e.g. 'alone, 1 thread')")
     loaded = load_headline_student(record)
     if loaded is None:
         raise FileNotFoundError(
@@ -720,15 +725,22 @@ def retime_headline(record: Mapping[str, Any], profile: str = "standard") -> dic
         int(record["plan"]["latency_inputs"]),
     )
     old = record["headline"]
+    history = list(old.get("latency_history") or [
+        {"date": record.get("date"), "speedup_b1": old["speedup_b1"],
+         "speedup_b64": old["speedup_b64"], "note": "the run that trained the student"}
+    ])  # fmt: skip
     new = {**record, "machine": {**record["machine"], "threads": lat1["teacher"].threads}}
     new["headline"] = {
         **old,
         "speedup_b1": speedup(lat1["teacher"], lat1["student"]),
         "speedup_b64": speedup(lat64["teacher"], lat64["student"]),
         "latency": {m: {"b1": lat1[m].as_dict(), "b64": lat64[m].as_dict()} for m in lat1},
-        "latency_measured": dt.date.today().isoformat(),
-        "latency_before": {k: old[k] for k in ("speedup_b1", "speedup_b64", "latency")},
     }
+    new["headline"]["latency_history"] = [
+        *history,
+        {"date": dt.date.today().isoformat(), "speedup_b1": new["headline"]["speedup_b1"],
+         "speedup_b64": new["headline"]["speedup_b64"], "note": note.strip()},
+    ]  # fmt: skip
     return new
 
 
