@@ -129,6 +129,7 @@ def _compression(r: Record) -> list[str]:
         student = {"bilstm": "BiLSTM", "cnn": "word-CNN"}.get(m.get("headline_student", ""), "")
         kind = f"a {student} " if student else ""
         misses = d.get("headline_misses", {})
+        history = d.get("headline_latency_history", [])
         short = {
             "of_teacher": lambda v: f"{pct(v)} of the teacher",
             "fewer_params": lambda v: f"{ratio(v, 3)} fewer parameters",
@@ -138,9 +139,17 @@ def _compression(r: Record) -> list[str]:
             f"- **Headline student (06)**, {d.get('headline_source', 'this run')}: {kind}trained on "
             f"{m['headline_transfer_rows']:,} teacher-labelled rows, it keeps "
             f"{pct(m['headline_of_teacher'])} of the teacher's accuracy on average over {len(seeds)} "
-            f"seeds ({', '.join(pct(a) for a in seeds)}) with {ratio(m['headline_fewer_params'])} fewer "
-            f"parameters and {ratio(m['headline_speedup_b1'], 3)} lower batch-1 latency "
-            f"({ratio(m['headline_speedup_b64'])} at batch 64). Target >= 97% at >= 10x smaller and "
+            f"seeds ({', '.join(pct(a) for a in seeds)}) with {ratio(m['headline_fewer_params'], 3)} "
+            f"fewer parameters and {ratio(m['headline_speedup_b1'], 3)} lower batch-1 latency "
+            f"({ratio(m['headline_speedup_b64'])} at batch 64"
+            + (
+                "; earlier measurements of the same student: "
+                + ", ".join(ratio(h["speedup_b1"], 4) for h in history[:-1])
+                + ", each with its reason in chapter 06"
+                if len(history) > 1
+                else ""
+            )
+            + f"). Target >= 97% at >= 10x smaller and "
             f"faster: {_verdict(bool(m['headline_target_met']))}"
             + (
                 " (short: " + "; ".join(short[k](v) for k, v in misses.items() if k in short) + ")"

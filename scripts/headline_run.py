@@ -11,8 +11,9 @@ embedding-neighbour copies; no validation or test text), labels it once with cha
 nested subsets of growing size, over three seeds (`kdhelpers.chapters.headline.run_headline`), with
 the learning rate chosen on validation and, in cpu-full, each source of rows left out in turn.
 `--every-row-only` trains at the full size only (no curve, no ablation): to compare another student.
-`--retime FILE` trains nothing: it measures the latency of FILE's saved student again (run it on an
-otherwise idle machine) and writes the new numbers into FILE, keeping the old ones beside them.
+`--retime FILE` trains nothing: it measures the latency of FILE's saved student again, three times
+(run it on an otherwise idle machine), takes the median, and writes it into FILE, keeping every
+earlier measurement beside it (FILE's own profile picks the teacher).
 Writes one JSON file (default benchmarks/headline.json) that chapter 06 reads and shows: the curve
 of accuracy against transfer-set size and the headline row (accuracy, share of the teacher,
 parameters, batch-1 and batch-64 latency with the course's latency method). The teacher and alpha/T
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         record = load_headline_run(args.retime)
         if record is None:
             raise SystemExit(f"--retime: {args.retime} does not exist")
-        start(args.profile, 0)
         if not args.note:
             raise SystemExit("--retime needs --note: what differs in this measurement")
-        record = retime_headline(record, args.note, args.profile)
+        start(record.get("profile", "standard"), 0)
+        record = retime_headline(record, args.note)
         args.retime.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         for m in record["headline"]["latency_history"]:
             print(f"{m['date']}: batch-1 speed-up {m['speedup_b1']:.3f}x ({m['note']})")

@@ -63,13 +63,11 @@ def test_bilstm_student_ignores_padding_and_counts_its_parameters():
     together = predict_logits(model, ids, batch_size=2, device="cpu", sort_by_length=False)
     alone = torch.cat([predict_logits(model, [x], device="cpu") for x in ids])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)  # packed vs unpadded path
-    same = [[1, 5, 6, 2], [1, 7, 8, 2]]  # equal lengths: no packing; the same logits as one by one
-    torch.testing.assert_close(
-        predict_logits(model, same, batch_size=2, device="cpu", sort_by_length=False),
-        torch.cat([predict_logits(model, [x], device="cpu") for x in same]),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    same = torch.tensor([[1, 5, 6, 2], [1, 7, 8, 2]])  # equal lengths: the path without packing
+    padded = torch.cat([same, torch.zeros(2, 1, dtype=torch.long)], 1)  # one pad column: packed
+    mask = (padded != 0).long()
+    with torch.no_grad():
+        torch.testing.assert_close(model(same), model(padded, mask), rtol=1e-5, atol=1e-6)
     lstm = 2 * 4 * 8 * (16 + 8 + 2)  # two directions, four gates, two bias vectors
     assert sum(p.numel() for p in model.parameters()) == 100 * 16 + lstm + (2 * 8 * 2 + 2)
 
@@ -185,6 +183,8 @@ def test_headline_script_applies_kind_and_every_row_only():
     assert script.parse_args([]).retime is None
     with pytest.raises(SystemExit, match="nope.json does not exist"):
         script.main(["--retime", "nope.json", "--note", "x"])
+    with pytest.raises(SystemExit, match="needs --note"):
+        script.main(["--retime", str(path.parent.parent / "benchmarks" / "headline.json")])
 
 
 def _record(path, kind, val_accs, test_acc=0.8):
@@ -269,16 +269,20 @@ def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
     )
     old = {"of_teacher": 0.99, "fewer_params": 11.0, "speedup_b1": 10.6, "speedup_b64": 43.0,
            "latency": {"teacher": {}, "student": {}}}  # fmt: skip
-    record = {"headline": old, "machine": {"cpu": "x", "threads": 1},
+    record = {"headline": old, "machine": {"cpu": "x", "threads": 1}, "profile": "quick",
               "plan": {"latency_inputs": 20}, "student_checkpoint": "h"}  # fmt: skip
-    new = headline.retime_headline(record, "alone", "quick")
+    new = headline.retime_headline(record, "alone", repeats=3)
     h = new["headline"]
     assert [(m["speedup_b1"], m["note"]) for m in h["latency_history"]] == [
         (10.6, "the run that trained the student"), (h["speedup_b1"], "alone")]  # fmt: skip
-    again = headline.retime_headline(new, " again ", "quick")["headline"]["latency_history"]
+    reps = sorted(r["speedup_b1"] for r in h["latency_history"][-1]["repeats"])
+    assert len(reps) == 3 and h["speedup_b1"] == reps[1]  # the median of three measurements
+    again = headline.retime_headline(new, " again ", repeats=1)["headline"]["latency_history"]
     assert len(again) == 3 and again[:2] == h["latency_history"] and again[2]["note"] == "again"
     with pytest.raises(ValueError, match="note"):
-        headline.retime_headline(record, " ", "quick")
+        headline.retime_headline(record, " ")
+    with pytest.raises(ValueError, match="repeats"):
+        headline.retime_headline(record, "x", repeats=0)
     assert h["latency"]["student"]["b1"]["n"] == 20 and h["latency"]["student"]["b64"]["n"] == 1
     assert h["speedup_b1"] == pytest.approx(
         h["latency"]["teacher"]["b1"]["median_ms"] / h["latency"]["student"]["b1"]["median_ms"]
@@ -286,4 +290,21 @@ def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
     assert h["of_teacher"] == 0.99 and record["headline"] is old  # the input is left as it was
     monkeypatch.setattr(headline, "load_headline_student", lambda record: None)
     with pytest.raises(FileNotFoundError, match="'h' is not on this machine"):
-        headline.retime_headline(record, "alone", "quick")
+        headline.retime_headline(record, "alone")
+
+
+def test_choose_headline_run_refuses_runs_that_do_not_compare(tmp_path):
+    import json
+
+    from kdhelpers.chapters.headline import choose_headline_run
+
+    a = _record(tmp_path / "headline.json", "cnn", [0.81])
+    b = _record(tmp_path / "headline-b.json", "bilstm", [0.84])
+    other = json.loads(b.read_text(encoding="utf-8"))
+    other["teacher_accuracy"] = 0.80
+    b.write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(ValueError, match="teacher_accuracy"):
+        choose_headline_run([a, b])
+    nan = _record(tmp_path / "headline-nan.json", "cnn", [float("nan")])
+    with pytest.raises(ValueError, match="NaN"):
+        choose_headline_run([nan])

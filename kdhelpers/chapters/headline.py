@@ -693,21 +693,32 @@ def choose_headline_run(paths: Sequence[Path] | None = None) -> HeadlineChoice |
                 f"{path} has no lr_search: without a validation accuracy it cannot be compared"
             )
         validation[path] = max(float(r["best_val_accuracy"]) for r in record["lr_search"])
+        if validation[path] != validation[path]:
+            raise ValueError(f"{path} has a NaN validation accuracy")
     if not validation:
         return None
+    first = next(iter(records.values()))
+    for path, record in records.items():
+        for key in ("profile", "teacher_accuracy"):
+            if record.get(key) != first.get(key):
+                raise ValueError(
+                    f"{path} differs from {next(iter(records))} in {key} ({record.get(key)!r} vs "
+                    f"{first.get(key)!r}): only runs of the same teacher and profile compare"
+                )
     best = max(validation, key=lambda p: (validation[p], -list(validation).index(p)))
     return HeadlineChoice(best, records[best], {p.name: v for p, v in validation.items()})
 
 
-def retime_headline(
-    record: Mapping[str, Any], note: str, profile: str = "standard"
-) -> dict[str, Any]:
-    """A copy of a headline run's record with its latency measured again on this machine, now
-    (`time_headline` with the run's own number of inputs): the seed-0 student from its checkpoint
-    beside chapter 03's teacher for `profile`. Every measurement stays in 'latency_history' (date,
-    speed-ups, `note`: what was different), the training run's own first."""
+def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> dict[str, Any]:
+    """A copy of a headline run's record with its latency measured again on this machine, now:
+    `repeats` independent `time_headline` measurements (the run's own number of inputs) of the
+    seed-0 student from its checkpoint beside chapter 03's teacher for the run's profile; the
+    headline speed-ups become the median over the repeats. Every measurement stays in
+    'latency_history' (date, speed-ups, each repeat's speed-ups and medians, `note`: what was
+    different), the training run's own first."""
     if not isinstance(note, str) or not note.strip():
         raise ValueError("note must say what differs in this measurement (e.g. 'alone, 1 thread')")
+    repeats = check_int("repeats", repeats, 1)
     loaded = load_headline_student(record)
     if loaded is None:
         raise FileNotFoundError(
@@ -715,15 +726,19 @@ def retime_headline(
         )
     student, vm = loaded
     cpu = torch.device("cpu")
+    profile = record.get("profile", "standard")
     teacher, _, splits, _, _ = course_teacher(course_settings(profile, 0), cpu)
     test = splits["test"]
-    lat1, lat64 = time_headline(
-        teacher.to(cpu).eval(),
-        student,
-        test.input_ids,
-        remap_split(test, vm).input_ids,
-        int(record["plan"]["latency_inputs"]),
-    )
+    student_ids = remap_split(test, vm).input_ids
+    n = int(record["plan"]["latency_inputs"])
+    timed = [
+        time_headline(teacher.to(cpu).eval(), student, test.input_ids, student_ids, n)
+        for _ in range(repeats)
+    ]
+    b1 = [speedup(lat1["teacher"], lat1["student"]) for lat1, _ in timed]
+    b64 = [speedup(lat64["teacher"], lat64["student"]) for _, lat64 in timed]
+    middle = sorted(range(repeats), key=lambda i: b1[i])[repeats // 2]  # the median repeat
+    lat1, lat64 = timed[middle]
     old = record["headline"]
     history = list(old.get("latency_history") or [
         {"date": record.get("date"), "speedup_b1": old["speedup_b1"],
@@ -732,14 +747,17 @@ def retime_headline(
     new = {**record, "machine": {**record["machine"], "threads": lat1["teacher"].threads}}
     new["headline"] = {
         **old,
-        "speedup_b1": speedup(lat1["teacher"], lat1["student"]),
-        "speedup_b64": speedup(lat64["teacher"], lat64["student"]),
+        "speedup_b1": b1[middle],
+        "speedup_b64": sorted(b64)[repeats // 2],
         "latency": {m: {"b1": lat1[m].as_dict(), "b64": lat64[m].as_dict()} for m in lat1},
     }
     new["headline"]["latency_history"] = [
         *history,
-        {"date": dt.date.today().isoformat(), "speedup_b1": new["headline"]["speedup_b1"],
-         "speedup_b64": new["headline"]["speedup_b64"], "note": note.strip()},
+        {"date": dt.date.today().isoformat(), "speedup_b1": b1[middle],
+         "speedup_b64": new["headline"]["speedup_b64"], "note": note.strip(),
+         "repeats": [{"speedup_b1": b1[i], "speedup_b64": b64[i],
+                      "median_ms_b1": {m: timed[i][0][m].median_ms for m in timed[i][0]}}
+                     for i in range(repeats)]},
     ]  # fmt: skip
     return new
 
