@@ -76,10 +76,10 @@ def run_checks(device: torch.device | str | None = None, probe_hub: bool = True)
     device = get_device() if device is None else torch.device(device)
     checks = [
         Check(
-            "python >= 3.10",
-            sys.version_info >= (3, 10),
+            "python >= 3.11",
+            sys.version_info >= (3, 11),
             sys.version.split()[0],
-            "install Python 3.10 or newer",
+            "install Python 3.11 or newer",
         ),
         Check("torch", True, torch.__version__),
         Check(
