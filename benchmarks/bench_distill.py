@@ -28,7 +28,12 @@ from pathlib import Path
 import torch
 
 from kdhelpers.batching import TextExamples, make_loader
-from kdhelpers.chapters.headline import choose_headline_run, load_headline_student, remap_split
+from kdhelpers.chapters.headline import (
+    choose_headline_run,
+    load_headline_student,
+    remap_split,
+    time_headline,
+)
 from kdhelpers.chapters.recipes import (
     course_data,
     course_settings,
@@ -162,12 +167,7 @@ def bench_headline(splits, settings, lat_inputs: int) -> dict | None:
         split_accuracy(student, compact, cpu),
     )
     n = min(lat_inputs, len(test))
-    models = {"teacher": teacher, "student": student}
-    inputs = {"teacher": test.input_ids[:n], "student": compact.input_ids[:n]}
-    b1 = measure_latency(models, inputs, min_inputs=min(200, n))
-    n64 = max(1, n // 64)
-    inputs64 = {k: v[: n64 * 64] for k, v in inputs.items()}
-    b64 = measure_latency(models, inputs64, batch_size=64, warmup=2, min_inputs=n64)
+    b1, b64 = time_headline(teacher, student, test.input_ids[:n], compact.input_ids[:n], n)
     return {
         "student": f"{record['student']['kind']} on {record['transfer_rows']:,} rows ({record['date']})",
         "teacher_accuracy": acc_teacher,

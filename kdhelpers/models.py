@@ -273,10 +273,9 @@ class BiLSTMStudent(nn.Module):
         mask = attention_mask.bool()
         x = self.dropout(self.embedding(input_ids))
         lengths = mask.sum(1).clamp(min=1).cpu()
-        if bool(
-            (lengths == input_ids.shape[1]).all()
-        ):  # no padding (one snippet, or equal lengths):
-            out, _ = self.lstm(x)  # the same function without the cost of packing
+        unpadded = bool((lengths == input_ids.shape[1]).all())  # then packing changes nothing
+        if unpadded:
+            out, _ = self.lstm(x)
         else:
             packed = nn.utils.rnn.pack_padded_sequence(
                 x, lengths, batch_first=True, enforce_sorted=False

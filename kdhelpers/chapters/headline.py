@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import platform
 import random
 import time
@@ -693,7 +694,7 @@ def choose_headline_run(paths: Sequence[Path] | None = None) -> HeadlineChoice |
                 f"{path} has no lr_search: without a validation accuracy it cannot be compared"
             )
         validation[path] = max(float(r["best_val_accuracy"]) for r in record["lr_search"])
-        if validation[path] != validation[path]:
+        if math.isnan(validation[path]):
             raise ValueError(f"{path} has a NaN validation accuracy")
     if not validation:
         return None
@@ -705,7 +706,7 @@ def choose_headline_run(paths: Sequence[Path] | None = None) -> HeadlineChoice |
                     f"{path} differs from {next(iter(records))} in {key} ({record.get(key)!r} vs "
                     f"{first.get(key)!r}): only runs of the same teacher and profile compare"
                 )
-    best = max(validation, key=lambda p: (validation[p], -list(validation).index(p)))
+    best = max(validation, key=validation.__getitem__)  # max keeps the first of equal values
     return HeadlineChoice(best, records[best], {p.name: v for p, v in validation.items()})
 
 
@@ -731,14 +732,15 @@ def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> d
     test = splits["test"]
     student_ids = remap_split(test, vm).input_ids
     n = int(record["plan"]["latency_inputs"])
+    teacher = teacher.to(cpu).eval()
     timed = [
-        time_headline(teacher.to(cpu).eval(), student, test.input_ids, student_ids, n)
-        for _ in range(repeats)
+        time_headline(teacher, student, test.input_ids, student_ids, n) for _ in range(repeats)
     ]
     b1 = [speedup(lat1["teacher"], lat1["student"]) for lat1, _ in timed]
     b64 = [speedup(lat64["teacher"], lat64["student"]) for _, lat64 in timed]
-    middle = sorted(range(repeats), key=lambda i: b1[i])[repeats // 2]  # the median repeat
-    lat1, lat64 = timed[middle]
+    middle = sorted(range(repeats), key=b1.__getitem__)[repeats // 2]  # the median repeat, batch 1
+    middle64 = sorted(range(repeats), key=b64.__getitem__)[repeats // 2]  # and at batch 64
+    lat1, lat64 = timed[middle][0], timed[middle64][1]
     old = record["headline"]
     history = list(old.get("latency_history") or [
         {"date": record.get("date"), "speedup_b1": old["speedup_b1"],
@@ -748,7 +750,7 @@ def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> d
     new["headline"] = {
         **old,
         "speedup_b1": b1[middle],
-        "speedup_b64": sorted(b64)[repeats // 2],
+        "speedup_b64": b64[middle64],
         "latency": {m: {"b1": lat1[m].as_dict(), "b64": lat64[m].as_dict()} for m in lat1},
     }
     new["headline"]["latency_history"] = [
