@@ -118,7 +118,10 @@ def test_compression_headline_names_the_student_and_what_falls_short():
     assert "benchmarks/x.json: a BiLSTM trained on 310,877 teacher-labelled rows" in text
     assert "99.3% of the teacher's accuracy on average over 2 seeds (85.5%, 85.0%)" in text
     assert "10.0x lower batch-1 latency" in text  # three figures next to a 10x line
-    assert "faster: **not met** (short: a batch-1 speed-up of 9.997x)." in text
+    assert (
+        "lower batch-1 latency): **not met** (short: batch-1 speed-up 9.997x against a line of 10x)."
+        in text
+    )
     assert "10.8x fewer parameters" in text and "earlier measurements" not in text
     r["metrics"].update(headline_speedup_b1=11.61, headline_target_met=True)
     r["details"]["headline_misses"] = {}
@@ -126,5 +129,33 @@ def test_compression_headline_names_the_student_and_what_falls_short():
                                                 {"speedup_b1": 11.61}]  # fmt: skip
     met = results_section({"06_compression": r}, "")
     assert "11.6x lower batch-1 latency (43x at batch 64; earlier measurements of the same " in met
-    assert "student: 10.62x, 9.997x, each with its reason in chapter 06). Target" in met
-    assert "faster: **met**." in met
+    assert (
+        "student: 10.62x, 9.997x, each with its reason in chapter 06). Target (>= 97% of the teacher, "
+        in met
+    )
+    assert ">= 10x fewer parameters, >= 10x lower batch-1 latency): **met**." in met
+
+
+def test_misses_text_names_each_miss_beside_its_line():
+    from kdhelpers.headlines import misses_text
+
+    assert misses_text({}) == ""
+    assert misses_text({"of_teacher": 0.9612, "speedup_b1": 9.9972}) == (
+        "share of the teacher's accuracy 96.1% against a line of 97%; "
+        "batch-1 speed-up 9.997x against a line of 10x"
+    )
+    with pytest.raises(ValueError, match="latency"):
+        misses_text({"latency": 1.0})
+
+
+def test_latency_history_text_keeps_order_reasons_and_spread():
+    from kdhelpers.headlines import latency_history_text
+
+    history = [
+        {"speedup_b1": 10.618, "note": "training run"},
+        {"speedup_b1": 11.84, "note": "alone", "repeats": [{"speedup_b1": 11.85}, {"speedup_b1": 11.81}]},
+    ]  # fmt: skip
+    assert latency_history_text(history) == (
+        "10.62x (training run); 11.84x (alone; median of 2 measurements from 11.81x to 11.85x)"
+    )
+    assert latency_history_text([]) == ""

@@ -652,22 +652,6 @@ def load_headline_run(path: Path | None = None) -> dict[str, Any] | None:
 
 #: The headline target: at least this share of the teacher's test accuracy, this many times fewer
 #: parameters and this batch-1 CPU speed-up.
-HEADLINE_TARGET: dict[str, float] = {"of_teacher": 0.97, "fewer_params": 10.0, "speedup_b1": 10.0}
-
-
-def headline_misses(headline: Mapping[str, Any]) -> dict[str, float]:
-    """The criteria of HEADLINE_TARGET that a record's 'headline' row falls short of (name -> its
-    value); empty when the target is met."""
-    missing = set(HEADLINE_TARGET) - set(headline)
-    if missing:
-        raise ValueError(f"headline lacks {sorted(missing)}")
-    return {
-        name: float(headline[name])
-        for name, line in HEADLINE_TARGET.items()
-        if float(headline[name]) < line
-    }
-
-
 @dataclass(frozen=True)
 class HeadlineChoice:
     """The committed headline run chosen on validation: its file, its record, and every candidate's
