@@ -221,11 +221,17 @@ def soft_labels(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return soft_targets(logits, temperature)
 
 
+def top_probability(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's top teacher probability (softmax at T = 1) and the class that has it."""
+    top = soft_targets(logits, 1.0).max(-1)
+    return top.values, top.indices
+
+
 def confident(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Boolean mask of examples whose top teacher probability is at least `threshold`."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1] (got {threshold})")
-    return soft_targets(logits, 1.0).max(-1).values >= threshold
+    return top_probability(logits)[0] >= threshold
 
 
 def coverage_accuracy(

@@ -10,6 +10,7 @@ from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student
 from kdhelpers.chapters.selftrain import (
     NoisyStudentConfig,
     agreement_split,
+    clean_logits,
     drop_tokens,
     filter_and_balance,
     hold_out,
@@ -186,6 +187,20 @@ def test_noisy_student_learns_its_teacher_and_chains_rounds():
         assert r["test_accuracy"] > 0.6
     with pytest.raises(ValueError, match="teachers"):
         noisy_student_rounds({}, new, rest, held, source, test, 1, "cpu", special_ids=(1, 2))
+    # a labelling function (e.g. one that reads a logit cache) is asked for every labelling the
+    # chain needs, and with clean logits it gives exactly the default's rows
+    asked = []
+
+    def label(model, split):
+        asked.append((type(model).__name__, len(split)))
+        return clean_logits(model, split, "cpu")
+
+    one = {0: Rule()}
+    args = (new, rest, held, source, test, 1, "cpu", config)
+    with_label = noisy_student_rounds(one, *args, special_ids=(1, 2), label=label)
+    assert with_label == noisy_student_rounds(one, *args, special_ids=(1, 2))
+    assert asked == [("Rule", len(test)), ("Rule", len(rest)), ("Rule", len(held)),
+                     ("BagOfEmbeddingsStudent", len(test))]  # fmt: skip
 
 
 def test_target_domain_hides_labels_holds_out_a_slice_and_keeps_the_test_split():

@@ -1,5 +1,7 @@
 """Teacher inference, the logit cache's integrity, and pseudo-label quality reports."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from kdhelpers.pseudo import (
     predict_logits,
     quality_by_confidence,
     soft_labels,
+    top_probability,
 )
 
 
@@ -123,6 +126,10 @@ def test_pseudo_labels_and_quality_reports():
     assert hard_labels(logits).tolist() == [0, 1, 1, 0]
     torch.testing.assert_close(soft_labels(logits, 2.0).sum(-1), torch.ones(4))
     assert confident(logits, 0.9).tolist() == [True, False, True, False]
+    top, cls = top_probability(logits)
+    assert cls.tolist() == [0, 1, 1, 0]
+    torch.testing.assert_close(top, torch.tensor([1 / (1 + math.exp(-3)), 1 / (1 + math.exp(-0.2)),
+                                                  1 / (1 + math.exp(-5)), 1 / (1 + math.exp(-1))]))  # fmt: skip
     rows = coverage_accuracy(logits, gold, [0.0, 0.9, 0.999])
     assert rows[0] == {"threshold": 0.0, "coverage": 1.0, "accuracy": 0.5, "n": 4}
     assert rows[1]["coverage"] == 0.5 and rows[1]["accuracy"] == 1.0

@@ -26,15 +26,17 @@ from torch import nn
 
 from kdhelpers.batching import TextExamples
 from kdhelpers.chapters.recipes import (
+    STUDENT_KINDS,
     StudentConfig,
     TextSplit,
     concat_splits,
+    make_student,
     tokenize_splits,
     train_student,
 )
 from kdhelpers.chapters.transfer import random_rows
 from kdhelpers.data import load_sentiment
-from kdhelpers.pseudo import confident, predict_logits
+from kdhelpers.pseudo import confident, predict_logits, top_probability
 from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
 from kdhelpers.validate import check_int, check_number
 
@@ -211,6 +213,66 @@ def noisy_student_round(
     return student, history
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SoftTargetRecipe:
+    """Chapter 07's small soft-target student: a fresh `kind` student (make_student, starting from
+    `embeddings` when given) trained by noisy_student_round on a pool's soft targets at
+    `temperature`, with `n_copies` noisy copies per text (word pieces dropped with `p_drop`,
+    `special_ids` kept) and `training`'s settings; vary one setting with dataclasses.replace."""
+
+    kind: str
+    vocab_size: int
+    embeddings: torch.Tensor | None = None
+    temperature: float = 2.0
+    n_copies: int = 2
+    p_drop: float = 0.1
+    training: StudentConfig = NOISY_STUDENT_CONFIG
+    special_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check_number("temperature", self.temperature, 0.0, strict_min=True)
+        _check_copies(self.n_copies)
+        _check_probability("p_drop", self.p_drop)
+        if not isinstance(self.training, StudentConfig):
+            raise TypeError(
+                f"training must be a StudentConfig (got {type(self.training).__name__})"
+            )
+        if self.kind not in STUDENT_KINDS:
+            raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {self.kind!r})")
+        check_int("vocab_size", self.vocab_size, 2)
+        _check_special_ids(self.special_ids)
+        object.__setattr__(self, "special_ids", tuple(self.special_ids))
+
+    def new_student(self, seed: int) -> nn.Module:
+        """A fresh student of this recipe, seeded."""
+        return make_student(self.kind, self.vocab_size, self.embeddings, seed=seed)
+
+    def train(
+        self,
+        pool: TextSplit,
+        logits: torch.Tensor,
+        validation: TextSplit,
+        device: torch.device | str,
+        seed: int,
+        desc: str = "soft-target student",
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """A fresh student (seed `seed`, which also seeds its batches and noise) trained on `pool`'s
+        soft targets `logits`, early stopping on `validation`; the student and its history."""
+        return noisy_student_round(
+            logits,
+            pool,
+            lambda: self.new_student(seed),
+            validation,
+            device,
+            temperature=self.temperature,
+            n_copies=self.n_copies,
+            p_drop=self.p_drop,
+            config=self.training.replace(seed=seed),
+            desc=desc,
+            special_ids=self.special_ids,
+        )
+
+
 # ---------------------------------------------------------------- label-free model selection
 
 
@@ -278,9 +340,8 @@ def filter_and_balance(
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) == 0:
         raise ValueError("logits must be a non-empty 2-D tensor (rows, classes)")
     threshold = check_number("threshold", threshold, 0.0, 1.0)
-    logits = logits.detach().float().cpu()
-    confidence, predicted = torch.softmax(logits, dim=-1).max(dim=-1)
-    keep = confident(logits, threshold)
+    confidence, predicted = top_probability(logits.detach().float().cpu())
+    keep = confidence >= threshold  # confident(logits, threshold), from the same probabilities
     n_classes = logits.shape[1]
     if per_class is None:
         per_class = int(keep.sum()) // n_classes
@@ -402,17 +463,25 @@ def noisy_student_rounds(
     config: NoisyStudentConfig = NoisyStudentConfig(),
     *,
     special_ids: Sequence[int],
+    label: Callable[[nn.Module, TextSplit], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Noisy Student chains, one per seed: teachers[seed] labels `pool` (clean), a fresh
     `new_student(seed)` learns it with noise (selected by agreement with its teacher on `select`),
     then teaches the next round. One row per (round, seed), round 0 being the teacher: test accuracy,
-    agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts."""
+    agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts.
+    `label(model, split)` gives a model's clean logits on a split (default: clean_logits; pass one
+    that reads a logit cache, e.g. recipes.teacher_logits, to label each split once per model)."""
+    if label is None:
+
+        def label(model: nn.Module, split: TextSplit) -> torch.Tensor:
+            return clean_logits(model, split, device)
+
     if not teachers:
         raise ValueError("teachers is empty: give one teacher per seed, e.g. {0: t0, 1: t1, 2: t2}")
     rounds = check_int("rounds", rounds, 1)
     out: list[dict[str, Any]] = []
     for seed, teacher in teachers.items():
-        first = clean_logits(teacher, test, device).argmax(-1)
+        first = label(teacher, test).argmax(-1)
         out.append(
             {
                 "round": 0,
@@ -425,8 +494,8 @@ def noisy_student_rounds(
             round_config = dataclasses.replace(
                 config, training=config.training.replace(seed=seed + 100 * r)
             )
-            pool_logits = clean_logits(teacher, pool, device)
-            chooser = agreement_split(select, clean_logits(teacher, select, device))
+            pool_logits = label(teacher, pool)
+            chooser = agreement_split(select, label(teacher, select))
             student = new_student(seed + 100 * r)
             hist = train_noisy_student(
                 student,
@@ -439,7 +508,7 @@ def noisy_student_rounds(
                 desc=f"round {r}, seed {seed}",
                 special_ids=special_ids,
             )
-            said = clean_logits(student, test, device).argmax(-1)
+            said = label(student, test).argmax(-1)
             out.append(
                 {
                     "round": r,
