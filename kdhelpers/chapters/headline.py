@@ -650,8 +650,6 @@ def load_headline_run(path: Path | None = None) -> dict[str, Any] | None:
     return record
 
 
-#: The headline target: at least this share of the teacher's test accuracy, this many times fewer
-#: parameters and this batch-1 CPU speed-up.
 @dataclass(frozen=True)
 class HeadlineChoice:
     """The committed headline run chosen on validation: its file, its record, and every candidate's
