@@ -30,7 +30,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-@torch.inference_mode()
 def predict_logits(
     model: nn.Module,
     input_ids: Sequence[Sequence[int]],
@@ -40,7 +39,24 @@ def predict_logits(
     pad_id: int = 0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Logits for every example, in input order, computed in eval mode without gradients (float32, CPU)."""
+    """Logits for every example, in input order, computed in eval mode without gradients (float32,
+    CPU), as an ordinary tensor (not an inference-mode one, which training code could not use)."""
+    return _inference_logits(
+        model, input_ids, batch_size, device, sort_by_length, pad_id, progress
+    ).clone()
+
+
+@torch.inference_mode()
+def _inference_logits(
+    model: nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    device: torch.device | str | None,
+    sort_by_length: bool,
+    pad_id: int,
+    progress: bool,
+) -> torch.Tensor:
+    """predict_logits' work, under torch.inference_mode (its result is an inference tensor)."""
     if len(input_ids) == 0:
         raise ValueError("input_ids is empty: nothing to predict")
     device = get_device() if device is None else torch.device(device)

@@ -144,6 +144,12 @@ def test_misses_text_names_each_miss_beside_its_line():
         "share of the teacher's accuracy 96.1% against a line of 97%; "
         "batch-1 speed-up 9.997x against a line of 10x"
     )
+    # a miss never reads as its line: more digits until it does not
+    assert misses_text({"of_teacher": 0.9696, "fewer_params": 9.99996}) == (
+        "share of the teacher's accuracy 96.96% against a line of 97%; "
+        "parameter ratio 9.99996x against a line of 10x"
+    )
+    assert misses_text({"fewer_params": 8.127}) == "parameter ratio 8.13x against a line of 10x"
     with pytest.raises(ValueError, match="latency"):
         misses_text({"latency": 1.0})
 
@@ -156,6 +162,29 @@ def test_latency_history_text_keeps_order_reasons_and_spread():
         {"speedup_b1": 11.84, "note": "alone", "repeats": [{"speedup_b1": 11.85}, {"speedup_b1": 11.81}]},
     ]  # fmt: skip
     assert latency_history_text(history) == (
-        "10.62x (training run); 11.84x (alone; median of 2 measurements from 11.81x to 11.85x)"
+        "10.62x (training run); 11.84x (alone; 2 repeats, 11.81x to 11.85x)"
     )
     assert latency_history_text([]) == ""
+
+
+def test_chapter_05_line_reads_the_chapters_own_verdict():
+    import copy
+    import json
+
+    from kdhelpers.paths import project_root
+
+    record = json.loads(
+        (project_root() / "results" / "05_distillation.json").read_text(encoding="utf-8")
+    )
+    r = copy.deepcopy(record)
+    r["metrics"].update(target_met=False, best_small="cnn (KD)", best_small_of_teacher=0.9532)
+    text = results_section({"05_distillation": r}, "")
+    assert (
+        "lower batch-1 latency) is **not met**: the most accurate student that is small and "
+        in text
+    )
+    assert "fast enough, the distilled word-CNN, keeps 95.3%." in text
+    r["metrics"].update(target_met=True)
+    assert "lower batch-1 latency) is **met**." in results_section({"05_distillation": r}, "")
+    r["metrics"].update(target_met=False, best_small=None, best_small_of_teacher=None)
+    assert "lower batch-1 latency) is **not met**." in results_section({"05_distillation": r}, "")

@@ -188,7 +188,7 @@ def test_noisy_student_learns_its_teacher_and_chains_rounds():
     with pytest.raises(ValueError, match="teachers"):
         noisy_student_rounds({}, new, rest, held, source, test, 1, "cpu", special_ids=(1, 2))
     # a labelling function (e.g. one that reads a logit cache) is asked for every labelling the
-    # chain needs, and with clean logits it gives exactly the default's rows
+    # chain needs, round 2's teacher (round 1's student) included, and its answers are the ones used
     asked = []
 
     def label(model, split):
@@ -196,11 +196,22 @@ def test_noisy_student_learns_its_teacher_and_chains_rounds():
         return clean_logits(model, split, "cpu")
 
     one = {0: Rule()}
-    args = (new, rest, held, source, test, 1, "cpu", config)
+    args = (new, rest, held, source, test, 2, "cpu", config)
     with_label = noisy_student_rounds(one, *args, special_ids=(1, 2), label=label)
     assert with_label == noisy_student_rounds(one, *args, special_ids=(1, 2))
+    student = "BagOfEmbeddingsStudent"
     assert asked == [("Rule", len(test)), ("Rule", len(rest)), ("Rule", len(held)),
-                     ("BagOfEmbeddingsStudent", len(test))]  # fmt: skip
+                     (student, len(test)), (student, len(rest)), (student, len(held)),
+                     (student, len(test))]  # fmt: skip
+
+    def flipped(model, split):  # a labeller that says the opposite of the model
+        return -clean_logits(model, split, "cpu")
+
+    rows_flipped = noisy_student_rounds(one, *args, special_ids=(1, 2), label=flipped)
+    assert rows_flipped[0]["test_accuracy"] < 0.5 < with_label[0]["test_accuracy"]  # ties stay 0
+    # round 1 learned other pseudo-labels and was chosen on another agreement split
+    for key in ("test_accuracy", "selection_agreement"):
+        assert rows_flipped[1][key] != with_label[1][key], key
 
 
 def test_target_domain_hides_labels_holds_out_a_slice_and_keeps_the_test_split():

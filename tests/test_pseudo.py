@@ -61,6 +61,9 @@ def test_cache_hit_and_every_kind_of_staleness(tmp_path):
     assert not first.from_cache
     again = cache_logits(teacher, ids, tokens, tmp_path, progress=False)
     assert again.from_cache and torch.equal(again.logits, first.logits)
+    # computed or read back, the logits are ordinary tensors that training code may use
+    assert not first.logits.is_inference() and not again.logits.is_inference()
+    (first.logits * torch.ones(1, requires_grad=True)).sum().backward()
     # the first call's compute time is stored with the logits and read back exactly
     assert first.compute_seconds is not None and first.compute_seconds > 0
     assert again.compute_seconds == first.compute_seconds

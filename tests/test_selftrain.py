@@ -221,15 +221,19 @@ def test_soft_target_recipe_trains_what_noisy_student_round_trains():
     pool, val = tiny_split(48, seed=1), tiny_split(16, seed=2)
     logits = torch.randn(48, 2, generator=torch.Generator().manual_seed(3))
     config = StudentConfig(epochs=2, lr=2e-2, seed=99)  # the recipe's seed argument wins
+    table = torch.randn(40, 64, generator=torch.Generator().manual_seed(4))
     recipe = SoftTargetRecipe(
-        kind="bag", vocab_size=40, temperature=2.0, n_copies=1, p_drop=0.2, training=config,
-        special_ids=[2, 1],
+        kind="bag", vocab_size=40, embeddings=table, temperature=3.0, n_copies=1, p_drop=0.2,
+        training=config, special_ids=[2, 1],
     )  # fmt: skip
     assert recipe.special_ids == (2, 1)
+    from_table = recipe.new_student(5).embedding.weight
+    assert torch.equal(from_table, make_student("bag", 40, table, seed=5).embedding.weight)
+    assert not torch.equal(from_table, make_student("bag", 40, None, seed=5).embedding.weight)
     got, hist = recipe.train(pool, logits, val, "cpu", seed=5)
     ref, _ = noisy_student_round(
-        logits, pool, lambda: make_student("bag", 40, None, seed=5), val, "cpu",
-        temperature=2.0, n_copies=1, p_drop=0.2, config=config.replace(seed=5), special_ids=(2, 1),
+        logits, pool, lambda: make_student("bag", 40, table, seed=5), val, "cpu",
+        temperature=3.0, n_copies=1, p_drop=0.2, config=config.replace(seed=5), special_ids=(2, 1),
     )  # fmt: skip
     for (k, a), b in zip(got.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{k} differs from noisy_student_round's student"
@@ -239,7 +243,16 @@ def test_soft_target_recipe_trains_what_noisy_student_round_trains():
         torch.equal(a, b)
         for a, b in zip(got.state_dict().values(), other.state_dict().values(), strict=True)
     ), "p_drop should change the student"
+    other_t, _ = dataclasses.replace(recipe, temperature=1.0).train(
+        pool, logits, val, "cpu", seed=5
+    )
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(got.state_dict().values(), other_t.state_dict().values(), strict=True)
+    ), "the temperature should change the student"
     for bad, match in ((dict(kind="gpt"), "kind"), (dict(p_drop=1.5), "p_drop"),
-                       (dict(special_ids="ab"), "special_ids"), (dict(temperature=0.0), "temperature")):  # fmt: skip
+                       (dict(special_ids="ab"), "special_ids"), (dict(temperature=0.0), "temperature"),
+                       (dict(embeddings=table[:30]), "embeddings"),
+                       (dict(kind="tiny-bert"), "embeddings")):  # fmt: skip
         with pytest.raises((TypeError, ValueError), match=match):
             dataclasses.replace(recipe, **bad)

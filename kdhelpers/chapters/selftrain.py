@@ -129,9 +129,7 @@ def clean_logits(
     input_ids = data.input_ids if isinstance(data, TextSplit) else data
     if len(input_ids) == 0:
         raise ValueError("no examples to label")
-    return predict_logits(
-        model, input_ids, batch_size=batch_size, device=device
-    ).clone()  # a normal tensor
+    return predict_logits(model, input_ids, batch_size=batch_size, device=device)
 
 
 def noisy_student_set(
@@ -240,6 +238,18 @@ class SoftTargetRecipe:
         if self.kind not in STUDENT_KINDS:
             raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {self.kind!r})")
         check_int("vocab_size", self.vocab_size, 2)
+        if self.embeddings is not None:
+            if self.kind == "tiny-bert":
+                raise ValueError(
+                    "embeddings: the tiny-bert student starts from its own (give None)"
+                )
+            if not isinstance(self.embeddings, torch.Tensor) or self.embeddings.dim() != 2:
+                raise TypeError("embeddings must be a 2-D tensor (vocab_size, width) or None")
+            if self.embeddings.shape[0] != self.vocab_size:
+                raise ValueError(
+                    f"embeddings has {self.embeddings.shape[0]} rows but vocab_size is "
+                    f"{self.vocab_size}"
+                )
         _check_special_ids(self.special_ids)
         object.__setattr__(self, "special_ids", tuple(self.special_ids))
 
