@@ -738,7 +738,7 @@ def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> d
     new["headline"]["latency_history"] = [
         *history,
         {"date": dt.date.today().isoformat(), "speedup_b1": b1[middle],
-         "speedup_b64": new["headline"]["speedup_b64"], "note": note.strip(),
+         "speedup_b64": b64[middle64], "note": note.strip(),
          "repeats": [{"speedup_b1": b1[i], "speedup_b64": b64[i],
                       "median_ms_b1": {m: timed[i][0][m].median_ms for m in timed[i][0]}}
                      for i in range(repeats)]},
