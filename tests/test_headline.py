@@ -275,8 +275,17 @@ def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
     h = new["headline"]
     assert [(m["speedup_b1"], m["note"]) for m in h["latency_history"]] == [
         (10.6, "the run that trained the student"), (h["speedup_b1"], "alone")]  # fmt: skip
-    reps = sorted(r["speedup_b1"] for r in h["latency_history"][-1]["repeats"])
+    repeats = h["latency_history"][-1]["repeats"]
+    reps = sorted(r["speedup_b1"] for r in repeats)
     assert len(reps) == 3 and h["speedup_b1"] == reps[1]  # the median of three measurements
+    # each speed-up's latency record is its own median repeat's, checkable against the repeats
+    for b in ("b1", "b64"):
+        match = [r for r in repeats if r[f"speedup_{b}"] == h[f"speedup_{b}"]]
+        assert match and any(
+            r[f"median_ms_{b}"]
+            == {m: h["latency"][m][b]["median_ms"] for m in ("teacher", "student")}
+            for r in match
+        ), b
     again = headline.retime_headline(new, " again ", repeats=1)["headline"]["latency_history"]
     assert len(again) == 3 and again[:2] == h["latency_history"] and again[2]["note"] == "again"
     with pytest.raises(ValueError, match="note"):

@@ -187,27 +187,26 @@ def test_noisy_student_learns_its_teacher_and_chains_rounds():
         assert r["test_accuracy"] > 0.6
     with pytest.raises(ValueError, match="teachers"):
         noisy_student_rounds({}, new, rest, held, source, test, 1, "cpu", special_ids=(1, 2))
-    # a labelling function (e.g. one that reads a logit cache) is asked for every labelling the
-    # chain needs, round 2's teacher (round 1's student) included, and its answers are the ones used
+    # a round-0 labeller (e.g. one that reads a logit cache) is asked for the round-0 teacher's
+    # labels only, each part named, and its answers are the ones used; students (round 2's teacher,
+    # round 1's student, included) are labelled afresh
     asked = []
 
-    def label(model, split):
-        asked.append((type(model).__name__, len(split)))
+    def label(model, split, part):
+        asked.append((type(model).__name__, len(split), part))
         return clean_logits(model, split, "cpu")
 
     one = {0: Rule()}
     args = (new, rest, held, source, test, 2, "cpu", config)
-    with_label = noisy_student_rounds(one, *args, special_ids=(1, 2), label=label)
+    with_label = noisy_student_rounds(one, *args, special_ids=(1, 2), teacher_label=label)
     assert with_label == noisy_student_rounds(one, *args, special_ids=(1, 2))
-    student = "BagOfEmbeddingsStudent"
-    assert asked == [("Rule", len(test)), ("Rule", len(rest)), ("Rule", len(held)),
-                     (student, len(test)), (student, len(rest)), (student, len(held)),
-                     (student, len(test))]  # fmt: skip
+    assert asked == [("Rule", len(test), "test"), ("Rule", len(rest), "pool"),
+                     ("Rule", len(held), "select")]  # fmt: skip
 
-    def flipped(model, split):  # a labeller that says the opposite of the model
+    def flipped(model, split, part):  # a labeller that says the opposite of the model
         return -clean_logits(model, split, "cpu")
 
-    rows_flipped = noisy_student_rounds(one, *args, special_ids=(1, 2), label=flipped)
+    rows_flipped = noisy_student_rounds(one, *args, special_ids=(1, 2), teacher_label=flipped)
     assert rows_flipped[0]["test_accuracy"] < 0.5 < with_label[0]["test_accuracy"]  # ties stay 0
     # round 1 learned other pseudo-labels and was chosen on another agreement split
     for key in ("test_accuracy", "selection_agreement"):

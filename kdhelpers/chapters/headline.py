@@ -697,8 +697,8 @@ def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> d
     `repeats` independent `time_headline` measurements (the run's own number of inputs) of the
     seed-0 student from its checkpoint beside chapter 03's teacher for the run's profile; the
     headline speed-ups become the median over the repeats. Every measurement stays in
-    'latency_history' (date, speed-ups, each repeat's speed-ups and medians, `note`: what was
-    different), the training run's own first."""
+    'latency_history' (date, speed-ups, each repeat's speed-ups and its medians at batch 1 and 64,
+    `note`: what was different), the training run's own first."""
     if not isinstance(note, str) or not note.strip():
         raise ValueError("note must say what differs in this measurement (e.g. 'alone, 1 thread')")
     repeats = check_int("repeats", repeats, 1)
@@ -740,7 +740,8 @@ def retime_headline(record: Mapping[str, Any], note: str, repeats: int = 3) -> d
         {"date": dt.date.today().isoformat(), "speedup_b1": b1[middle],
          "speedup_b64": b64[middle64], "note": note.strip(),
          "repeats": [{"speedup_b1": b1[i], "speedup_b64": b64[i],
-                      "median_ms_b1": {m: timed[i][0][m].median_ms for m in timed[i][0]}}
+                      "median_ms_b1": {m: timed[i][0][m].median_ms for m in timed[i][0]},
+                      "median_ms_b64": {m: timed[i][1][m].median_ms for m in timed[i][1]}}
                      for i in range(repeats)]},
     ]  # fmt: skip
     return new

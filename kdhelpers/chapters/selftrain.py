@@ -36,6 +36,7 @@ from kdhelpers.chapters.recipes import (
 )
 from kdhelpers.chapters.transfer import random_rows
 from kdhelpers.data import load_sentiment
+from kdhelpers.profiles import choose
 from kdhelpers.pseudo import confident, predict_logits, top_probability
 from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
 from kdhelpers.validate import check_int, check_number
@@ -282,6 +283,38 @@ class SoftTargetRecipe:
             special_ids=self.special_ids,
         )
 
+    @classmethod
+    def for_profile(
+        cls,
+        profile: str,
+        vocab_size: int,
+        embeddings: torch.Tensor | None,
+        temperature: float,
+        special_ids: Sequence[int],
+    ) -> SoftTargetRecipe:
+        """Chapter 07's recipe for a course profile ('quick', 'standard', 'full' or 'auto'): the
+        student kind, noise and training settings that the chapter and its solutions share."""
+        settings = choose(profile, **RECIPE_PROFILES)
+        return cls(
+            kind=settings["kind"],
+            vocab_size=vocab_size,
+            embeddings=embeddings,
+            temperature=temperature,
+            n_copies=settings["n_copies"],
+            p_drop=settings["p_drop"],
+            training=StudentConfig(epochs=settings["epochs"], lr=settings["lr"]),
+            special_ids=special_ids,
+        )
+
+
+# chapter 07's small soft-target student per profile: a bag of embeddings for the smoke test,
+# a CNN on the CPU and the GPU (the full profile adds a second noisy copy of each text)
+RECIPE_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": dict(kind="bag", epochs=3, lr=1e-2, n_copies=1, p_drop=0.1),
+    "standard": dict(kind="cnn", epochs=10, lr=1e-3, n_copies=1, p_drop=0.1),
+    "full": dict(kind="cnn", epochs=10, lr=1e-3, n_copies=2, p_drop=0.1),
+}
+
 
 # ---------------------------------------------------------------- label-free model selection
 
@@ -473,25 +506,30 @@ def noisy_student_rounds(
     config: NoisyStudentConfig = NoisyStudentConfig(),
     *,
     special_ids: Sequence[int],
-    label: Callable[[nn.Module, TextSplit], torch.Tensor] | None = None,
+    teacher_label: Callable[[nn.Module, TextSplit, str], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Noisy Student chains, one per seed: teachers[seed] labels `pool` (clean), a fresh
     `new_student(seed)` learns it with noise (selected by agreement with its teacher on `select`),
     then teaches the next round. One row per (round, seed), round 0 being the teacher: test accuracy,
     agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts.
-    `label(model, split)` gives a model's clean logits on a split (default: clean_logits; pass one
-    that reads a logit cache, e.g. recipes.teacher_logits, to label each split once per model)."""
-    if label is None:
+    `teacher_label(model, split, part)` gives a round-0 teacher's clean logits on `split`, `part`
+    being "pool", "select" or "test" (default: clean_logits; pass one that reads a logit cache
+    under a name per part, e.g. recipes.teacher_logits, so that a re-run and other cells share the
+    teachers' labels). Students are always labelled afresh: retraining changes their weights, so a
+    cache would only collect files that no later run hits."""
 
-        def label(model: nn.Module, split: TextSplit) -> torch.Tensor:
-            return clean_logits(model, split, device)
+    def fresh(model: nn.Module, split: TextSplit, part: str) -> torch.Tensor:
+        return clean_logits(model, split, device)
+
+    round0 = fresh if teacher_label is None else teacher_label
 
     if not teachers:
         raise ValueError("teachers is empty: give one teacher per seed, e.g. {0: t0, 1: t1, 2: t2}")
     rounds = check_int("rounds", rounds, 1)
     out: list[dict[str, Any]] = []
     for seed, teacher in teachers.items():
-        first = label(teacher, test).argmax(-1)
+        label = round0
+        first = label(teacher, test, "test").argmax(-1)
         out.append(
             {
                 "round": 0,
@@ -504,8 +542,8 @@ def noisy_student_rounds(
             round_config = dataclasses.replace(
                 config, training=config.training.replace(seed=seed + 100 * r)
             )
-            pool_logits = label(teacher, pool)
-            chooser = agreement_split(select, label(teacher, select))
+            pool_logits = label(teacher, pool, "pool")
+            chooser = agreement_split(select, label(teacher, select, "select"))
             student = new_student(seed + 100 * r)
             hist = train_noisy_student(
                 student,
@@ -518,7 +556,7 @@ def noisy_student_rounds(
                 desc=f"round {r}, seed {seed}",
                 special_ids=special_ids,
             )
-            said = label(student, test).argmax(-1)
+            said = fresh(student, test, "test").argmax(-1)
             out.append(
                 {
                     "round": r,
@@ -531,5 +569,5 @@ def noisy_student_rounds(
                     **{k: hist[k] for k in ("pool", "confident", "pseudo_rows", "source_rows")},
                 }
             )
-            teacher = student
+            teacher, label = student, fresh
     return out
