@@ -187,27 +187,29 @@ def test_noisy_student_learns_its_teacher_and_chains_rounds():
         assert r["test_accuracy"] > 0.6
     with pytest.raises(ValueError, match="teachers"):
         noisy_student_rounds({}, new, rest, held, source, test, 1, "cpu", special_ids=(1, 2))
-    # a round-0 labeller (e.g. one that reads a logit cache) is asked for the round-0 teacher's
-    # labels only, each part named, and its answers are the ones used; students (round 2's teacher,
+    # a round-0 labeller (e.g. one that reads a logit cache) is asked for every round-0 teacher's
+    # logits, each part named, and its answers are the ones used; students (round 2's teacher,
     # round 1's student, included) are labelled afresh
     asked = []
 
     def label(model, split, part):
-        asked.append((type(model).__name__, len(split), part))
+        asked.append((model.name, len(split), part))
         return clean_logits(model, split, "cpu")
 
-    one = {0: Rule()}
+    two = {0: Rule(), 1: Rule()}
+    two[0].name, two[1].name = "teacher 0", "teacher 1"
     args = (new, rest, held, source, test, 2, "cpu", config)
-    with_label = noisy_student_rounds(one, *args, special_ids=(1, 2), teacher_label=label)
-    assert with_label == noisy_student_rounds(one, *args, special_ids=(1, 2))
-    assert asked == [("Rule", len(test), "test"), ("Rule", len(rest), "pool"),
-                     ("Rule", len(held), "select")]  # fmt: skip
+    with_label = noisy_student_rounds(two, *args, special_ids=(1, 2), round0_logits=label)
+    assert with_label == noisy_student_rounds(two, *args, special_ids=(1, 2))
+    assert asked == [(t, n, part) for t in ("teacher 0", "teacher 1")
+                     for n, part in ((len(test), "test"), (len(rest), "pool"), (len(held), "select"))]  # fmt: skip
 
     def flipped(model, split, part):  # a labeller that says the opposite of the model
         return -clean_logits(model, split, "cpu")
 
-    rows_flipped = noisy_student_rounds(one, *args, special_ids=(1, 2), teacher_label=flipped)
-    assert rows_flipped[0]["test_accuracy"] < 0.5 < with_label[0]["test_accuracy"]  # ties stay 0
+    rows_flipped = noisy_student_rounds(two, *args, special_ids=(1, 2), round0_logits=flipped)
+    for k in (0, 3):  # each seed's round 0 (ties stay 0)
+        assert rows_flipped[k]["test_accuracy"] < 0.5 < with_label[k]["test_accuracy"]
     # round 1 learned other pseudo-labels and was chosen on another agreement split
     for key in ("test_accuracy", "selection_agreement"):
         assert rows_flipped[1][key] != with_label[1][key], key

@@ -506,22 +506,22 @@ def noisy_student_rounds(
     config: NoisyStudentConfig = NoisyStudentConfig(),
     *,
     special_ids: Sequence[int],
-    teacher_label: Callable[[nn.Module, TextSplit, str], torch.Tensor] | None = None,
+    round0_logits: Callable[[nn.Module, TextSplit, str], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Noisy Student chains, one per seed: teachers[seed] labels `pool` (clean), a fresh
     `new_student(seed)` learns it with noise (selected by agreement with its teacher on `select`),
     then teaches the next round. One row per (round, seed), round 0 being the teacher: test accuracy,
     agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts.
-    `teacher_label(model, split, part)` gives a round-0 teacher's clean logits on `split`, `part`
-    being "pool", "select" or "test" (default: clean_logits; pass one that reads a logit cache
-    under a name per part, e.g. recipes.teacher_logits, so that a re-run and other cells share the
-    teachers' labels). Students are always labelled afresh: retraining changes their weights, so a
-    cache would only collect files that no later run hits."""
+    `round0_logits(model, split, part)` gives a round-0 teacher's clean logits on `split`, `part`
+    being "pool", "select" or "test" (default: clean_logits); to share them with other cells and
+    later runs through the logit cache, pass e.g. `lambda m, s, part: recipes.teacher_logits(m, s,
+    device, name=f"amazon-{part}")`. Students are labelled afresh: they are retrained on every run,
+    so caching their logits would save little and add a file per student and split."""
 
     def fresh(model: nn.Module, split: TextSplit, part: str) -> torch.Tensor:
         return clean_logits(model, split, device)
 
-    round0 = fresh if teacher_label is None else teacher_label
+    round0 = fresh if round0_logits is None else round0_logits
 
     if not teachers:
         raise ValueError("teachers is empty: give one teacher per seed, e.g. {0: t0, 1: t1, 2: t2}")
