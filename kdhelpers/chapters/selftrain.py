@@ -519,6 +519,7 @@ def noisy_student_rounds(
     so caching their logits would save little and add a file per student and split."""
 
     def fresh(model: nn.Module, split: TextSplit, part: str) -> torch.Tensor:
+        """The model's clean logits computed now (students always; round-0 teachers by default)."""
         return clean_logits(model, split, device)
 
     round0 = fresh if round0_logits is None else round0_logits
@@ -556,7 +557,7 @@ def noisy_student_rounds(
                 desc=f"round {r}, seed {seed}",
                 special_ids=special_ids,
             )
-            said = fresh(student, test, "test").argmax(-1)
+            said = clean_logits(student, test, device).argmax(-1)
             out.append(
                 {
                     "round": r,
