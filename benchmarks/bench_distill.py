@@ -201,7 +201,7 @@ def bench_labelling(teacher, ids, device, batch_sizes) -> list[dict]:
 
 def bench_notebooks() -> list[dict]:
     """Quick-profile wall time of every notebook, executed with papermill in this process's order."""
-    from kdhelpers.course import execute_notebook, list_notebooks, temporary_env
+    from kdhelpers.course.runner import execute_notebook, list_notebooks, temporary_env
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

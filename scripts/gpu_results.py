@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kdhelpers.course import execute_notebook, list_notebooks
+from kdhelpers.course.runner import execute_notebook, list_notebooks
 from kdhelpers.paths import project_root
 
 CHAPTERS = ("03_teacher", "05_distillation", "09_scaling-out")
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="markdown page (default docs/gpu-results.md)"
     )
-    p.add_argument("--only", nargs="*", default=list(CHAPTERS), help="notebook name prefixes")
+    p.add_argument("--only", nargs="+", default=list(CHAPTERS), help="chapter name prefixes")
     return p.parse_args(argv)
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kd-gpu-"))
     results = work / "results"
     rows = []
-    for nb in [p for p in list_notebooks(only=args.only) if not p.stem.endswith("_solutions")]:
+    for nb in list_notebooks(only=args.only):
         seconds = execute_notebook(nb, work / nb.name, args.profile, results)
         saved = json.loads((results / f"{nb.stem}.json").read_text())
         rows.append((nb.stem, seconds, saved["metrics"]))

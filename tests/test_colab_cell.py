@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 import pytest
 
-from kdhelpers.course import list_notebooks
+from kdhelpers.course.runner import list_notebooks
 
 NOTEBOOKS = list_notebooks()
 REPOSITORY_LINE = re.compile(r'^REPOSITORY = "[^"]*"$', re.M)

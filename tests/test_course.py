@@ -8,8 +8,9 @@ import sys
 import nbformat
 import pytest
 
-from kdhelpers import course
-from kdhelpers.course import clean_notebook, main, run
+from kdhelpers.course import runner as course
+from kdhelpers.course.cli import main
+from kdhelpers.course.runner import clean_notebook, run
 from kdhelpers.paths import committed_results_dir, project_root, results_dir
 from kdhelpers.results import load_results, save_results
 
@@ -34,16 +35,86 @@ def test_bad_only_is_a_usage_error_naming_the_chapters(capsys):
     assert "--only 99" in err and "available chapters" in err and "05" in err
 
 
-def test_only_takes_prefixes_and_exact_file_names(tmp_path):
+def test_only_takes_chapters_solutions_on_request_and_exact_file_names(tmp_path):
     for name in ("03_teacher", "03_teacher_solutions", "04_pseudo-labels"):
         (tmp_path / f"{name}.ipynb").write_text("{}")
-    names = lambda only: [p.name for p in course.list_notebooks(tmp_path, only)]  # noqa: E731
-    assert names(["03"]) == ["03_teacher.ipynb", "03_teacher_solutions.ipynb"]
-    assert names(["03_teacher"]) == ["03_teacher.ipynb", "03_teacher_solutions.ipynb"]
+
+    def names(only, with_solutions=False):
+        return [p.name for p in course.list_notebooks(tmp_path, only, with_solutions)]
+
+    assert names(["03"]) == ["03_teacher.ipynb"]
+    assert names(["03_teacher"]) == ["03_teacher.ipynb"]
+    assert names(["03"], True) == ["03_teacher.ipynb", "03_teacher_solutions.ipynb"]
+    assert names(["03_teacher_solutions"]) == ["03_teacher_solutions.ipynb"]
     assert names(["03_teacher.ipynb"]) == ["03_teacher.ipynb"]
     assert names(["03_teacher.ipynb", "04"]) == ["03_teacher.ipynb", "04_pseudo-labels.ipynb"]
+    assert len(names(None)) == 3
     with pytest.raises(ValueError, match="no notebook"):
         names(["03_teacher_x.ipynb"])
+
+
+@pytest.mark.parametrize("only", ["05", b"05", [5], ("05", None)])
+def test_only_that_is_not_a_list_of_names_is_refused(only):
+    """A string would select notebooks by its characters; the error names `only` and shows a list."""
+    with pytest.raises(TypeError, match=r"only must be a list of chapter names, e.g. \['05'\]"):
+        course.list_notebooks(only=only)
+
+
+def test_empty_only_is_refused():
+    with pytest.raises(ValueError, match="only is empty"):
+        course.list_notebooks(only=[])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--only"], "expected at least one argument"),
+        (["run", "--profile", "quick", "--only"], "expected at least one argument"),
+        (["run", "--with-solutions"], "--with-solutions goes with --only"),
+    ],
+)
+def test_bare_only_and_lone_with_solutions_are_usage_errors(argv, message, capsys, monkeypatch):
+    """A bare --only used to run the whole course in `standard`; now nothing runs."""
+    monkeypatch.setattr(course, "execute_notebook", lambda *a, **k: pytest.fail("ran a notebook"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_only_runs_the_chapter_and_with_solutions_adds_its_solutions(tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    for name in ("05_distillation", "05_distillation_solutions", "06_compression"):
+        (books / f"{name}.ipynb").write_text("{}")
+    ran = []
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    monkeypatch.setattr(course, "execute_notebook", lambda nb, *a, **k: ran.append(nb.name) or 0.0)
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "results"))
+    assert main(["run", "--profile", "quick", "--only", "05", "--out", str(tmp_path / "a")]) == 0
+    assert ran == ["05_distillation.ipynb"]
+    ran.clear()
+    argv = [
+        "run",
+        "--profile",
+        "quick",
+        "--only",
+        "05",
+        "--with-solutions",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main(argv) == 0
+    assert ran == ["05_distillation.ipynb", "05_distillation_solutions.ipynb"]
+
+
+@pytest.mark.parametrize("content", ['{"metrics": {"a": 1', "", "[1, 2]", '{"metrics": 3}'])
+def test_table_on_a_damaged_results_file_names_the_file_and_the_fix(tmp_path, capsys, content):
+    (tmp_path / "05_distillation.json").write_text(content)
+    assert main(["table", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "05_distillation.json" in err and "course run --only 05_distillation" in err
+    assert "Traceback" not in err
 
 
 def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
@@ -173,7 +244,7 @@ def test_running_a_notebook_leaves_the_checkout_clean(tmp_path):
         if k not in ("KD_RESULTS_DIR", "KD_CHECKPOINT_DIR", "KD_CACHE_DIR")
     }
     code = (
-        "import sys; from pathlib import Path; from kdhelpers.course import execute_notebook; "
+        "import sys; from pathlib import Path; from kdhelpers.course.runner import execute_notebook; "
         "from kdhelpers.paths import notebooks_dir; "
         "execute_notebook(notebooks_dir() / '02_the-loss.ipynb', Path(sys.argv[1]), 'quick')"
     )

@@ -227,7 +227,7 @@ def test_choose_headline_run_defaults_to_the_benchmarks_folder(tmp_path, monkeyp
 
 
 def test_headline_misses_names_each_criterion_below_its_line():
-    from kdhelpers.headlines import headline_misses
+    from kdhelpers.targets import headline_misses
 
     row = {"of_teacher": 0.993, "fewer_params": 10.8, "speedup_b1": 9.997}
     assert headline_misses(row) == {"speedup_b1": 9.997}

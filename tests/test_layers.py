@@ -1,6 +1,9 @@
-"""Package structure: core modules never import chapter modules, no import cycles, one name per meaning."""
+"""Package structure in three layers: core (kdhelpers/*.py), chapters (kdhelpers/chapters/) and the
+course machinery (kdhelpers/course/: runner, README writer, CLI). Core never imports chapters; nothing
+but the machinery imports the machinery, and no notebook does; no import cycles; one name per meaning."""
 
 import ast
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,6 +61,56 @@ def test_core_modules_never_import_chapter_modules():
         if is_chapter(dep)
     ]
     assert not bad, f"core modules importing chapter modules: {bad}"
+
+
+def is_machinery(name: str) -> bool:
+    return name == "kdhelpers.course" or name.startswith("kdhelpers.course.")
+
+
+def test_only_the_course_machinery_imports_the_course_machinery():
+    bad = [
+        (m, dep)
+        for m, deps in graph().items()
+        if not is_machinery(m)
+        for dep in deps
+        if is_machinery(dep)
+    ]
+    assert not bad, f"library modules importing the course machinery (kdhelpers.course): {bad}"
+
+
+def notebook_imports(path: Path) -> set[str]:
+    """The kdhelpers modules a notebook's code cells import (shell and magic lines skipped)."""
+    found = set()
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        lines = "".join(cell["source"]).splitlines()
+        code = "\n".join(x for x in lines if not x.lstrip().startswith(("!", "%")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+    return {m for m in found if m.startswith("kdhelpers")}
+
+
+def test_notebooks_never_import_the_course_machinery():
+    bad = {
+        p.name: sorted(m for m in notebook_imports(p) if is_machinery(m))
+        for p in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb"))
+    }
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"notebooks importing kdhelpers.course (course machinery): {bad}"
+
+
+def test_the_machinery_check_sees_a_notebook_import(tmp_path):
+    cell = {
+        "cell_type": "code",
+        "source": ["!pip -q install x\n", "from kdhelpers.course import cli\n"],
+    }
+    (tmp_path / "x.ipynb").write_text(json.dumps({"cells": [cell]}))
+    found = notebook_imports(tmp_path / "x.ipynb")
+    assert any(is_machinery(m) for m in found)
 
 
 def test_no_import_cycles():

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kdhelpers.course import execute_notebook, list_notebooks, temporary_env
+from kdhelpers.course.runner import execute_notebook, list_notebooks, temporary_env
 
 NOTEBOOKS = list_notebooks()
 

@@ -109,7 +109,8 @@ def test_cpu_latency_quartiles_from_a_fake_clock(monkeypatch):
 
 
 def test_course_table_command_reads_results(tmp_path, capsys):
-    from kdhelpers.course import list_notebooks, main
+    from kdhelpers.course.cli import main
+    from kdhelpers.course.runner import list_notebooks
 
     save_results("05_x", {"acc": 0.75}, "standard", folder=tmp_path)
     assert main(["table", "--results", str(tmp_path)]) == 0
@@ -120,7 +121,7 @@ def test_course_table_command_reads_results(tmp_path, capsys):
 
 
 def test_clean_notebook_drops_progress_bars_and_paths():
-    from kdhelpers.course import clean_notebook
+    from kdhelpers.course.runner import clean_notebook
 
     bar = "train 1/3:   0%|          | 0/94 [00:00<?, ?it/s]\rtrain 1/3: 100%|##| 94/94 [00:01<00:00]\n"
     nb = {

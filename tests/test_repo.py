@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from kdhelpers.course import list_notebooks
+from kdhelpers.course.runner import list_notebooks
 from kdhelpers.paths import project_root
 
 ROOT = project_root()

@@ -1,40 +1,61 @@
-"""Headless course runner: execute every notebook with papermill and summarise their results.
-
-python -m kdhelpers.course run --profile quick
-python -m kdhelpers.course run --profile standard --in-place   # refresh the committed outputs
-"""
+"""The notebook runner: execute course notebooks with papermill, tidy the executed copies, summarise
+their results (`python -m kdhelpers.course run`)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdhelpers.headlines import results_section, update_readme
 from kdhelpers.paths import committed_results_dir, notebooks_dir, project_root
 from kdhelpers.profiles import PROFILES
 
 
-def list_notebooks(folder: Path | None = None, only: Iterable[str] | None = None) -> list[Path]:
-    """Course notebooks in order (NN_name.ipynb), optionally only those whose name starts with an entry
-    of `only` (an entry ending in .ipynb names one notebook exactly)."""
+def is_solutions(path: Path) -> bool:
+    """Whether a notebook is a chapter's solutions notebook (NN_name_solutions.ipynb)."""
+    return Path(path).stem.endswith("_solutions")
+
+
+def list_notebooks(
+    folder: Path | None = None, only: Iterable[str] | None = None, with_solutions: bool = False
+) -> list[Path]:
+    """Course notebooks in order (NN_name.ipynb): all of them, or the chapters named in `only`.
+
+    An entry of `only` is a name prefix ('05', '02_the-loss') and selects chapter notebooks; their
+    solutions notebooks come too with `with_solutions`. An entry ending in .ipynb, or one naming a
+    solutions notebook ('05_distillation_solutions'), selects that notebook itself.
+    """
     folder = notebooks_dir() if folder is None else Path(folder)
     found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("."))
-    if only:
-        prefixes = tuple(o for o in only if not o.endswith(".ipynb"))
-        exact = {o for o in only if o.endswith(".ipynb")}
-        found = [p for p in found if p.name in exact or p.stem.startswith(prefixes or ("\0",))]
-        if not found:
-            raise ValueError(f"no notebook matches {list(prefixes)} in {folder.name}/")
-    return found
+    if only is None:
+        return found
+    if isinstance(only, str | bytes) or not all(isinstance(o, str) for o in only):
+        raise TypeError(f"only must be a list of chapter names, e.g. ['05'] (got {only!r})")
+    only = list(only)
+    if not only:
+        raise ValueError("only is empty: name at least one chapter, e.g. ['05'], or pass None")
+
+    def chosen(p: Path) -> bool:
+        chapter_stem = len(p.stem) - len("_solutions") if is_solutions(p) else len(p.stem)
+        return any(
+            p.name == o
+            if o.endswith(".ipynb")
+            # a prefix that reaches past the chapter's own name names the solutions notebook
+            else p.stem.startswith(o)
+            and (not is_solutions(p) or with_solutions or len(o) > chapter_stem)
+            for o in only
+        )
+
+    picked = [p for p in found if chosen(p)]
+    if not picked:
+        raise ValueError(f"no notebook matches {only} in {folder.name}/")
+    return picked
 
 
 _PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$")
@@ -155,6 +176,28 @@ def execute_notebook(
     return time.perf_counter() - start
 
 
+class ResultsFileError(ValueError):
+    """A results JSON file that cannot be read (cut short, not JSON, not a record)."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One results record (<notebook>.json); ResultsFileError names the file and how to rebuild it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsFileError(
+            f"{path} cannot be read as a results record ({type(exc).__name__}: {exc}); write it "
+            f"again by re-running its notebook: python -m kdhelpers.course run --only {path.stem}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+        raise ResultsFileError(
+            f"{path} is not a results record (a JSON object with 'metrics'); write it again with "
+            f"python -m kdhelpers.course run --only {path.stem}"
+        )
+    return data
+
+
 def summary_rows(
     results_dir: Path, with_run: bool = False, notebooks: Iterable[str] | None = None
 ) -> list[tuple[str, ...]]:
@@ -164,7 +207,7 @@ def summary_rows(
     for path in sorted(Path(results_dir).glob("*.json")):
         if wanted is not None and path.stem not in wanted:
             continue
-        data = json.loads(path.read_text())
+        data = read_record(path)
         for key, value in data.get("metrics", {}).items():
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             extra = (str(data.get("profile")), str(data.get("date"))) if with_run else ()
@@ -196,6 +239,7 @@ def run(
     out: Path | None = None,
     in_place: bool = False,
     timeout_s: int | None = None,
+    with_solutions: bool = False,
 ) -> int:
     """Execute the course notebooks into a run folder (or in place), print a summary; return the exit status.
 
@@ -205,7 +249,7 @@ def run(
     """
     if profile not in PROFILES:
         raise ValueError(f"--profile must be one of {PROFILES} (got {profile!r})")
-    notebooks = list_notebooks(only=only)
+    notebooks = list_notebooks(only=only, with_solutions=with_solutions)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out) if out else project_root() / "runs" / f"{stamp}-{profile}"
     if os.environ.get("KD_RESULTS_DIR"):
@@ -248,102 +292,3 @@ def run(
             print(f"- {name}: {reason}\n  see {path}")
         return 1
     return 0
-
-
-#: the results the README's table lists (the core chapters); every chapter's headline is written
-CORE_TABLE = ("03_teacher", "04_pseudo-labels", "05_distillation")
-
-
-def readme_section(results_dir: Path | None = None) -> str:
-    """The README's generated results section for the results in `results_dir` (default: results/)."""
-    folder = committed_results_dir() if results_dir is None else Path(results_dir)
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-    table = format_table(
-        summary_rows(folder, with_run=True, notebooks=CORE_TABLE),
-        ("notebook", "metric", "value", "profile", "date"),
-    )
-    return results_section(records, table)
-
-
-def readme_command(check: bool = False, readme: Path | None = None) -> int:
-    """Rewrite (or with check, verify) README.md's results section; 1 when a check fails."""
-    path = project_root() / "README.md" if readme is None else Path(readme)
-    text = path.read_text(encoding="utf-8")
-    new = update_readme(text, readme_section())
-    if check:
-        if new != text:
-            print(
-                f"{path.name}: the results section differs from results/; "
-                "run python -m kdhelpers.course readme",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{path.name}: the results section matches results/")
-        return 0
-    path.write_text(new, encoding="utf-8")
-    print(f"{path.name}: results section written from {committed_results_dir()}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kdhelpers.course", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="execute the notebooks and print the results table")
-    p_run.add_argument("--profile", default="standard", choices=PROFILES)
-    p_run.add_argument(
-        "--only",
-        nargs="*",
-        help="notebook name prefixes, e.g. 01 02_the-loss, or file names (03_teacher.ipynb)",
-    )
-    p_run.add_argument("--out", type=Path, help="run folder (default runs/<date>-<profile>)")
-    p_run.add_argument(
-        "--in-place",
-        action="store_true",
-        help="write outputs into notebooks/ and results into results/ (the committed run)",
-    )
-    p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    p_table = sub.add_parser(
-        "table", help="print the results table of the committed (or a given) run"
-    )
-    p_table.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="results folder (default: the committed results/)",
-    )
-    p_readme = sub.add_parser(
-        "readme", help="write README.md's results section from the committed results/"
-    )
-    p_readme.add_argument(
-        "--check",
-        action="store_true",
-        help="only check that README.md is up to date (exit 1 if not)",
-    )
-    args = parser.parse_args(argv)
-    if args.command == "readme":
-        return readme_command(check=args.check)
-    if args.command == "table":
-        folder = args.results or committed_results_dir()
-        if not folder.is_dir():
-            parser.error(f"--results: no folder {folder}")
-        print(f"Results in {folder}:\n")
-        rows = summary_rows(folder, with_run=True)
-        print(format_table(rows, ("notebook", "metric", "value", "profile", "date")))
-        return 0
-    if args.only is not None:
-        available = sorted({p.stem.split("_")[0] for p in list_notebooks()})
-        try:
-            list_notebooks(only=args.only)
-        except ValueError:
-            p_run.error(
-                f"--only {' '.join(args.only)} matches no notebook; available chapters: "
-                f"{', '.join(available)} (or a longer prefix such as 05_distillation)"
-            )
-    return run(args.profile, args.only, args.out, args.in_place, args.timeout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,85 +8,21 @@ name from HEADLINES; a chapter without results is left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from kdhelpers.course.runner import format_table, read_record, summary_rows
 from kdhelpers.numfmt import num, pct, points, ratio
+from kdhelpers.paths import committed_results_dir, project_root
 from kdhelpers.stats import Comparison, comparison_sentence, interval_text
+from kdhelpers.targets import misses_text, target_text
 
 START = "<!-- results: written by `python -m kdhelpers.course readme` from results/; edit there -->"
 END = "<!-- /results -->"
 
 Record = Mapping[str, Any]
-
-#: The course's compression target: at least this share of the teacher's test accuracy, this many
-#: times fewer parameters and this batch-1 speed-up (chapters 05 and 06, the README).
-HEADLINE_TARGET: dict[str, float] = {"of_teacher": 0.97, "fewer_params": 10.0, "speedup_b1": 10.0}
-
-#: Each criterion of HEADLINE_TARGET: its name, the formatter of a measured value (taking a
-#: precision), that precision, and how the line itself reads.
-_CRITERIA: dict[str, tuple[str, Callable[[float, int], str], int, Callable[[float], str]]] = {
-    "of_teacher": ("share of the teacher's accuracy", pct, 1, lambda v: pct(v, 0)),
-    "fewer_params": ("parameter ratio", ratio, 3, ratio),
-    "speedup_b1": ("batch-1 speed-up", ratio, 4, ratio),
-}
-
-
-def headline_misses(headline: Mapping[str, Any]) -> dict[str, float]:
-    """The criteria of HEADLINE_TARGET that a row ('of_teacher', 'fewer_params', 'speedup_b1')
-    falls short of (name -> its value); empty when the target is met."""
-    missing = set(HEADLINE_TARGET) - set(headline)
-    if missing:
-        raise ValueError(f"headline lacks {sorted(missing)}")
-    return {
-        name: float(headline[name])
-        for name, line in HEADLINE_TARGET.items()
-        if float(headline[name]) < line
-    }
-
-
-def target_text() -> str:
-    """HEADLINE_TARGET in words: '>= 97% of the teacher, >= 10x fewer parameters, >= 10x lower
-    batch-1 latency'."""
-    t = HEADLINE_TARGET
-    return (
-        f">= {pct(t['of_teacher'], 0)} of the teacher, >= {ratio(t['fewer_params'])} fewer "
-        f"parameters, >= {ratio(t['speedup_b1'])} lower batch-1 latency"
-    )
-
-
-def misses_text(misses: Mapping[str, float]) -> str:
-    """headline_misses in words, each value beside its line: 'batch-1 speed-up 9.997x against a
-    line of 10x; ...'."""
-    unknown = set(misses) - set(_CRITERIA)
-    if unknown:
-        raise ValueError(f"misses has unknown criteria {sorted(unknown)}; known: {list(_CRITERIA)}")
-    parts = []
-    for k, v in misses.items():
-        name, fmt, precision, line_text = _CRITERIA[k]
-        line = HEADLINE_TARGET[k]
-        while fmt(v, precision) == fmt(line, precision) and precision < 12:
-            precision += 1  # a miss never reads as its line: 0.9696 is 96.96%, not 97.0%
-        parts.append(f"{name} {fmt(v, precision)} against a line of {line_text(line)}")
-    return "; ".join(parts)
-
-
-def latency_history_text(history: Sequence[Mapping[str, Any]]) -> str:
-    """Every batch-1 speed-up measured for one student, oldest first, each with its reason (and the
-    spread of its repeats when it is a median): '10.62x (training run); 11.84x (...; 3 repeats,
-    11.81x to 11.85x)'."""
-    parts = []
-    for m in history:
-        repeats = m.get("repeats") or []
-        spread = (
-            f"; {len(repeats)} repeats, "
-            f"{ratio(min(x['speedup_b1'] for x in repeats), 4)} to "
-            f"{ratio(max(x['speedup_b1'] for x in repeats), 4)}"
-            if repeats
-            else ""
-        )
-        parts.append(f"{ratio(m['speedup_b1'], 4)} ({m['note']}{spread})")
-    return "; ".join(parts)
 
 
 def _comparison(record: Record, name: str) -> Comparison | None:
@@ -380,3 +316,38 @@ def update_readme(readme: str, section: str) -> str:
     head, rest = readme.split(START)
     _, tail = rest.split(END)
     return head + section + tail
+
+
+#: the results the README's table lists (the core chapters); every chapter's headline is written
+CORE_TABLE = ("03_teacher", "04_pseudo-labels", "05_distillation")
+
+
+def readme_section(results_dir: Path | None = None) -> str:
+    """The README's generated results section for the results in `results_dir` (default: results/)."""
+    folder = committed_results_dir() if results_dir is None else Path(results_dir)
+    records = {p.stem: read_record(p) for p in sorted(folder.glob("*.json"))}
+    table = format_table(
+        summary_rows(folder, with_run=True, notebooks=CORE_TABLE),
+        ("notebook", "metric", "value", "profile", "date"),
+    )
+    return results_section(records, table)
+
+
+def readme_command(check: bool = False, readme: Path | None = None) -> int:
+    """Rewrite (or with check, verify) README.md's results section; 1 when a check fails."""
+    path = project_root() / "README.md" if readme is None else Path(readme)
+    text = path.read_text(encoding="utf-8")
+    new = update_readme(text, readme_section())
+    if check:
+        if new != text:
+            print(
+                f"{path.name}: the results section differs from results/; "
+                "run python -m kdhelpers.course readme",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{path.name}: the results section matches results/")
+        return 0
+    path.write_text(new, encoding="utf-8")
+    print(f"{path.name}: results section written from {committed_results_dir()}")
+    return 0

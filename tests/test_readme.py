@@ -2,8 +2,7 @@
 
 import pytest
 
-from kdhelpers.course import readme_command
-from kdhelpers.headlines import END, START, results_section, update_readme
+from kdhelpers.course.readme import END, START, readme_command, results_section, update_readme
 from kdhelpers.stats import Comparison, compare_seeds
 
 
@@ -137,7 +136,7 @@ def test_compression_headline_names_the_student_and_what_falls_short():
 
 
 def test_misses_text_names_each_miss_beside_its_line():
-    from kdhelpers.headlines import misses_text
+    from kdhelpers.targets import misses_text
 
     assert misses_text({}) == ""
     assert misses_text({"of_teacher": 0.9612, "speedup_b1": 9.9972}) == (
@@ -155,7 +154,7 @@ def test_misses_text_names_each_miss_beside_its_line():
 
 
 def test_latency_history_text_keeps_order_reasons_and_spread():
-    from kdhelpers.headlines import latency_history_text
+    from kdhelpers.targets import latency_history_text
 
     history = [
         {"speedup_b1": 10.618, "note": "training run"},

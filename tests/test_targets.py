@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdhelpers.report import NOT_JUDGED, target_verdict
+from kdhelpers.targets import NOT_JUDGED, target_verdict
 
 
 @pytest.mark.parametrize("profile", ["standard", "full"])
