@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from kdhelpers.batching import pad_collate
-from kdhelpers.models import logits_of
-from kdhelpers.train import forward_logits
 from kdhelpers.validate import (
     check_class_labels,
     check_float_tensor,
     check_int,
     check_number,
-    check_token_lists,
 )
 
 
@@ -70,56 +66,6 @@ def expected_calibration_error(
     rows = reliability_bins(logits, labels, n_bins)
     total = sum(r["n"] for r in rows)
     return sum(r["n"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"])
-
-
-@torch.inference_mode()
-def cpu_latency(
-    model: torch.nn.Module,
-    input_ids: list[list[int]],
-    batch_size: int = 1,
-    repeats: int = 20,
-    warmup: int = 3,
-    pad_id: int = 0,
-) -> dict[str, float]:
-    """Median and quartiles of CPU wall time per batch (eval mode), after `warmup` untimed runs."""
-    import statistics
-    import time
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
-    input_ids = check_token_lists("input_ids", input_ids)
-    if not input_ids or not all(input_ids):
-        raise ValueError(
-            "input_ids is empty or holds an empty sequence: latency needs example inputs"
-        )
-    batch_size = check_int("batch_size", batch_size, 1)
-    repeats = check_int("repeats", repeats, 1)
-    warmup = check_int("warmup", warmup, 0)
-    pad_id = check_int("pad_id", pad_id, 0)
-    model = model.eval().cpu()
-    feats = [
-        {"input_ids": input_ids[i % len(input_ids)], "labels": -1, "index": i}
-        for i in range(batch_size)
-    ]
-    batch = pad_collate(feats, pad_id)
-    forward_logits(
-        model, batch
-    )  # checks the token ids against the model's vocabulary once, untimed
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    median = statistics.median(times)
-    return {
-        "median_ms": median * 1e3,
-        "p25_ms": q[0] * 1e3,
-        "p75_ms": q[2] * 1e3,
-        "examples_per_s": batch_size / median,
-        "batch_size": batch_size,
-    }
 
 
 def fit_temperature(

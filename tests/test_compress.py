@@ -10,7 +10,7 @@ from torch import nn
 
 from kdhelpers.chapters.compress import (
     QuantizedEmbedding,
-    compressed_report,
+    accuracy_report,
     count_weights,
     eval_device,
     is_quantized,
@@ -148,7 +148,7 @@ def test_quantized_models_are_evaluated_on_the_cpu():
     assert eval_device(mlp(), "cuda") == torch.device("cuda")
 
 
-def test_compressed_report_float_and_int8():
+def test_accuracy_report_float_and_int8():
     torch.manual_seed(0)
     model = tiny_bert_student(
         50, hidden=32, layers=1, heads=2, intermediate=64, max_positions=16
@@ -159,42 +159,25 @@ def test_compressed_report_float_and_int8():
         for n in torch.randint(3, 12, (20,), generator=g)
     ]
     labels = torch.randint(0, 2, (20,), generator=g)
-    row, logits = compressed_report(
-        model, "tiny", input_ids, labels, "cpu", repeats=2, latency_examples=8
-    )
+    row, logits = accuracy_report(model, "tiny", input_ids, labels, "cpu")
     assert model.training  # mode restored
-    assert set(row) == {
-        "name",
-        "accuracy",
-        "params_m",
-        "size_mb",
-        "latency_b1_ms",
-        "latency_b64_ms",
-        "int8",
-    }
+    assert set(row) == {"name", "accuracy", "params_m", "size_mb", "int8"}
     assert logits.shape == (20, 2) and row["int8"] is False
     assert row["accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
     with torch.no_grad():  # logits in input order, as a plain forward pass gives them
         one = model.eval()(input_ids=torch.tensor([input_ids[5]])).logits
     model.train()
     torch.testing.assert_close(logits[5:6], one, atol=1e-5, rtol=1e-5)
-    qrow, qlogits = compressed_report(
-        quantize_dynamic_int8(model), "tiny int8", input_ids, labels, "cpu", repeats=2
-    )
+    qrow, _ = accuracy_report(quantize_dynamic_int8(model), "tiny int8", input_ids, labels, "cpu")
     assert (
         qrow["int8"] is True
         and qrow["params_m"] == row["params_m"]
         and qrow["size_mb"] < row["size_mb"]
     )
-    assert row["latency_b1_ms"] > 0 and qrow["latency_b64_ms"] > 0
     with pytest.raises(ValueError, match="labels"):
-        compressed_report(model, "tiny", input_ids, labels[:5], "cpu")
+        accuracy_report(model, "tiny", input_ids, labels[:5], "cpu")
     with pytest.raises(ValueError, match="empty"):
-        compressed_report(model, "tiny", [], labels[:0], "cpu")
-    with pytest.raises(ValueError, match="repeats"):
-        compressed_report(model, "tiny", input_ids, labels, "cpu", repeats=0)
-    with pytest.raises(ValueError, match="b64_repeats"):
-        compressed_report(model, "tiny", input_ids, labels, "cpu", b64_repeats=0)
+        accuracy_report(model, "tiny", [], labels[:0], "cpu")
 
 
 def test_prediction_changes_counts_by_hand():

@@ -20,7 +20,6 @@ from kdhelpers.losses import (
 )
 from kdhelpers.metrics import (
     accuracy,
-    cpu_latency,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -480,20 +479,6 @@ def test_tiny_bert_sizes_are_named(kwargs, word):
 def test_attention_maps_with_zero_heads_are_named():
     with pytest.raises(ValueError, match="student_attn"):
         attention_transfer_loss(torch.zeros(1, 0, 3, 3), uniform_attention(1, 2, 3))
-
-
-@pytest.mark.parametrize(
-    "kwargs,word",
-    [
-        (dict(batch_size=0), "batch_size"),
-        (dict(repeats=1.5), "repeats"),
-        (dict(warmup=-1), "warmup"),
-        (dict(batch_size=True), "batch_size"),
-    ],
-)
-def test_cpu_latency_arguments_are_named(kwargs, word):
-    with pytest.raises((ValueError, TypeError), match=word):
-        cpu_latency(tiny_classifier(), [[1, 2]], **kwargs)
 
 
 @pytest.mark.parametrize("texts", [["ab", None], ["ab", 3], [None]])

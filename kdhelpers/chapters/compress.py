@@ -18,7 +18,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 
 from kdhelpers.latency import time_interleaved
-from kdhelpers.metrics import accuracy, cpu_latency
+from kdhelpers.metrics import accuracy
 from kdhelpers.models import model_size_mb
 from kdhelpers.pseudo import predict_logits
 from kdhelpers.validate import check_int, check_number, check_seed
@@ -170,35 +170,6 @@ def accuracy_report(
         "size_mb": model_size_mb(model),
         "int8": is_quantized(model),
     }
-    return row, logits
-
-
-def compressed_report(
-    model: nn.Module,
-    name: str,
-    input_ids: Sequence[Sequence[int]],
-    labels: torch.Tensor,
-    device: torch.device | str,
-    repeats: int = 20,
-    latency_examples: int = 64,
-    b64_repeats: int | None = None,
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """accuracy_report's row plus a quick median CPU latency at batch 1 and 64 (repeats on the first
-    `latency_examples` snippets), and the logits. For claims, time models together with
-    kdhelpers.latency.measure_latency instead; b64_repeats defaults to max(3, repeats // 4).
-    """
-    b64_repeats = max(3, repeats // 4) if b64_repeats is None else b64_repeats
-    for what, value in (("repeats", repeats), ("b64_repeats", b64_repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be a positive int (got {value!r})")
-    row, logits = accuracy_report(model, name, input_ids, labels, device)
-    home, was_training = _model_device(model), model.training
-    sample = [list(x) for x in input_ids[:latency_examples]]
-    b1 = cpu_latency(model, sample, batch_size=1, repeats=repeats, warmup=3)
-    b64 = cpu_latency(model, sample, batch_size=64, repeats=b64_repeats, warmup=1)
-    model.to(home).train(was_training)  # cpu_latency moved it to the CPU in eval mode
-    int8 = row.pop("int8")  # the row keeps its column order: timings, then the int8 flag
-    row.update(latency_b1_ms=b1["median_ms"], latency_b64_ms=b64["median_ms"], int8=int8)
     return row, logits
 
 

@@ -16,7 +16,6 @@ from torch import nn
 
 from kdhelpers.augment import augment_token_ids
 from kdhelpers.batching import TextExamples, make_loader, tokenize_texts
-from kdhelpers.chapters.compress import compressed_report
 from kdhelpers.checkpoints import (
     CheckpointError,
     checkpoint_paths,
@@ -582,12 +581,3 @@ def widen_grid(
         if low <= value <= high and value not in values:
             return value
     return None
-
-
-def model_report(
-    model: nn.Module, name: str, test: TextSplit, device: torch.device | str, repeats: int = 20
-) -> dict[str, Any]:
-    """Test accuracy, parameters, size and CPU latency (batch 1 and 64) of one float model (compressed_report's row)."""
-    row, _ = compressed_report(model, name, test.input_ids, test.gold, device, repeats=repeats)
-    row.pop("int8")
-    return row
