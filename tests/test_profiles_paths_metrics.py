@@ -76,38 +76,6 @@ def test_ece_hand_computed():
         reliability_bins(logits, labels, n_bins=0)
 
 
-def test_cpu_latency_quartiles_from_a_fake_clock(monkeypatch):
-    """Exact values: warm-up excluded, median and quartiles of the timed runs (statistics' default method)."""
-    import time
-
-    from kdhelpers.metrics import cpu_latency
-    from kdhelpers.models import BagOfEmbeddingsStudent
-
-    now = [0.0]
-    # forward calls: the untimed id check, 1 warm-up, then 5 timed runs, out of order (in 1/1024 s)
-    durations = iter([100, 50, 4, 1, 5, 2, 3])
-
-    class Worker(BagOfEmbeddingsStudent):
-        def forward(self, input_ids, attention_mask):
-            now[0] += next(durations) / 1024
-            return super().forward(input_ids, attention_mask)
-
-    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    stats = cpu_latency(
-        Worker(30, embed_dim=4, hidden=4), [[1, 2, 3]], batch_size=4, repeats=5, warmup=1
-    )
-    ms = 1000 / 1024
-    # sorted runs 1..5: median 3; exclusive quartiles at positions 1.5 and 4.5 -> 1.5 and 4.5
-    assert stats["median_ms"] == pytest.approx(3 * ms, abs=1e-12)
-    assert (stats["p25_ms"], stats["p75_ms"]) == pytest.approx((1.5 * ms, 4.5 * ms), abs=1e-12)
-    assert (
-        stats["examples_per_s"] == pytest.approx(4 / (3 / 1024), rel=1e-12)
-        and stats["batch_size"] == 4
-    )
-    with pytest.raises(ValueError, match="input_ids"):
-        cpu_latency(BagOfEmbeddingsStudent(30), [], batch_size=1)
-
-
 def test_course_table_command_reads_results(tmp_path, capsys):
     from kdhelpers.course.cli import main
     from kdhelpers.course.runner import list_notebooks
