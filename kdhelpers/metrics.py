@@ -1,4 +1,4 @@
-"""Metrics on logits: accuracy, calibration (reliability bins, ECE, temperature fitting) and CPU latency."""
+"""Metrics on logits: accuracy, calibration (reliability bins, ECE, temperature fitting)."""
 
 from __future__ import annotations
 

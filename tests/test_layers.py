@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import kdhelpers
+from kdhelpers.course.package_map import imports_of as imports_of_code
+from kdhelpers.course.package_map import notebook_code
 
 PACKAGE = Path(kdhelpers.__file__).parent
 #: Public names that several modules may define on purpose (command-line entry points).
@@ -79,19 +81,8 @@ def test_only_the_course_machinery_imports_the_course_machinery():
 
 
 def notebook_imports(path: Path) -> set[str]:
-    """The kdhelpers modules a notebook's code cells import (shell and magic lines skipped)."""
-    found = set()
-    for cell in json.loads(path.read_text())["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        lines = "".join(cell["source"]).splitlines()
-        code = "\n".join(x for x in lines if not x.lstrip().startswith(("!", "%")))
-        for node in ast.walk(ast.parse(code)):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-            elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-    return {m for m in found if m.startswith("kdhelpers")}
+    """The kdhelpers modules a notebook's code cells import."""
+    return imports_of_code(notebook_code(path), set(modules()))
 
 
 def test_notebooks_never_import_the_course_machinery():

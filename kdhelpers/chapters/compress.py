@@ -1,4 +1,5 @@
-"""Compression after distillation: int8 dynamic quantization and a size/speed/accuracy report that handles it."""
+"""Compression after distillation: int8 dynamic quantization, ONNX export, pruning, and an
+accuracy/size report that handles them."""
 
 from __future__ import annotations
 

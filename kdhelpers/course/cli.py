@@ -1,4 +1,4 @@
-"""The command line: `python -m kdhelpers.course run | table | readme`."""
+"""The command line: `python -m kdhelpers.course run | table | readme | map`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdhelpers.course.package_map import map_command
 from kdhelpers.course.readme import readme_command
 from kdhelpers.course.runner import (
     ResultsFileError,
@@ -23,7 +24,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The argument parser and its `run` sub-parser."""
     parser = argparse.ArgumentParser(
         prog="python -m kdhelpers.course",
-        description="Run the course notebooks, print their results, write the README's results.",
+        description="Run the course notebooks, print their results, write the README's results and the package map.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the notebooks and print the results table")
@@ -64,6 +65,10 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         action="store_true",
         help="only check that README.md is up to date (exit 1 if not)",
     )
+    p_map = sub.add_parser("map", help="write CONTRIBUTING.md's package map from the code")
+    p_map.add_argument(
+        "--check", action="store_true", help="only check that the map is up to date (exit 1 if not)"
+    )
     return parser, p_run
 
 
@@ -74,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "readme":
             return readme_command(check=args.check)
+        if args.command == "map":
+            return map_command(check=args.check)
         if args.command == "table":
             folder = args.results or committed_results_dir()
             if not folder.is_dir():

@@ -307,15 +307,18 @@ def results_section(results: Mapping[str, Record], table: str) -> str:
     return "\n".join([START, *lines, "", table, END])
 
 
+def replace_section(text: str, start: str, end: str, section: str) -> str:
+    """`text` with the part from marker `start` to marker `end` replaced by `section` (which holds
+    the markers); ValueError unless each marker stands exactly once."""
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"the file must contain these markers once each:\n{start}\n...\n{end}")
+    head, rest = text.split(start)
+    return head + section + rest.split(end)[1]
+
+
 def update_readme(readme: str, section: str) -> str:
     """`readme` with the text between START and END replaced by `section` (which holds the markers)."""
-    if readme.count(START) != 1 or readme.count(END) != 1:
-        raise ValueError(
-            f"README.md must contain the results markers once each:\n{START}\n...\n{END}"
-        )
-    head, rest = readme.split(START)
-    _, tail = rest.split(END)
-    return head + section + tail
+    return replace_section(readme, START, END, section)
 
 
 #: the results the README's table lists (the core chapters); every chapter's headline is written
