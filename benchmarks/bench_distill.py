@@ -34,14 +34,6 @@ from kdhelpers.chapters.headline import (
     remap_split,
     time_headline,
 )
-from kdhelpers.chapters.recipes import (
-    course_data,
-    course_settings,
-    course_teacher,
-    make_student,
-    split_accuracy,
-    tokenize_splits,
-)
 from kdhelpers.device import get_device, to_device
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.losses import distillation_loss
@@ -53,6 +45,14 @@ from kdhelpers.models import (
     project_teacher_embeddings,
 )
 from kdhelpers.pseudo import predict_logits
+from kdhelpers.students import make_student
+from kdhelpers.teacher import (
+    course_data,
+    course_settings,
+    course_teacher,
+    split_accuracy,
+    tokenize_splits,
+)
 from kdhelpers.train import (
     OptimiserStep,
     adamw_with_warmup,

@@ -29,19 +29,19 @@ from kdhelpers.chapters.distributed import (
     make_accelerator,
     shared_teacher_logits,
 )
-from kdhelpers.chapters.recipes import (
+from kdhelpers.models import load_teacher, project_teacher_embeddings, without_dropout
+from kdhelpers.paths import cache_dir
+from kdhelpers.profiles import choose
+from kdhelpers.students import make_student
+from kdhelpers.teacher import (
     TextSplit,
     course_data,
     course_settings,
     load_or_train_teacher,
-    make_student,
     split_accuracy,
     tokenize_splits,
-    transfer_set,
 )
-from kdhelpers.models import load_teacher, project_teacher_embeddings, without_dropout
-from kdhelpers.paths import cache_dir
-from kdhelpers.profiles import choose
+from kdhelpers.transfer import transfer_set
 
 DEFAULTS = {
     "quick": dict(aug_copies=0, epochs=2, batch_size=32, lr=3e-3),

@@ -240,8 +240,8 @@ def test_per_channel_int8_has_one_scale_per_output_row_and_keeps_the_head_float(
 
 def test_onnx_export_matches_pytorch_on_other_lengths_and_batches(tmp_path):
     from kdhelpers.chapters.compress import OnnxClassifier, export_onnx
-    from kdhelpers.chapters.recipes import make_student
     from kdhelpers.pseudo import predict_logits
+    from kdhelpers.students import make_student
 
     for kind in ("cnn", "tiny-bert"):
         model = make_student(kind, 500, None, seed=0).eval()

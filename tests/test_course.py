@@ -256,7 +256,7 @@ def test_running_a_notebook_leaves_the_checkout_clean(tmp_path):
 
 
 def test_settings_dataclasses_are_stored_as_plain_json(tmp_path):
-    from kdhelpers.chapters.recipes import course_settings
+    from kdhelpers.teacher import course_settings
 
     settings = course_settings("quick", 0)
     path = save_results("99_test", {"x": 1}, "standard", {"settings": settings}, folder=tmp_path)

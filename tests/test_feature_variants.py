@@ -15,9 +15,10 @@ from kdhelpers.chapters.features import (
     train_feature_variant,
     uniform_layer_map,
 )
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, best_on_validation, split_accuracy
 from kdhelpers.losses import attention_transfer_loss, hidden_mse_loss
 from kdhelpers.models import tiny_bert_student
+from kdhelpers.students import StudentConfig, best_on_validation
+from kdhelpers.teacher import TextSplit, split_accuracy
 
 IDS = [[1, 5, 7, 9, 2], [1, 4, 2], [1, 8, 8, 3, 6, 2], [1, 9, 4, 4, 2], [1, 3, 2], [1, 6, 7, 2]]
 
@@ -254,7 +255,7 @@ def test_initial_gradient_norms_take_no_step_and_scale_with_beta(teacher):
 
 
 def test_widen_grid_looks_past_the_edge_within_the_range():
-    from kdhelpers.chapters.recipes import widen_grid
+    from kdhelpers.students import widen_grid
 
     assert widen_grid([0.1, 1.0, 10.0], 10.0, 0.01, 100.0) == pytest.approx(100.0)
     assert widen_grid([0.1, 1.0, 10.0, 100.0], 100.0, 0.01, 100.0) is None  # the range's end

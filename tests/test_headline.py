@@ -12,8 +12,8 @@ from kdhelpers.chapters.headline import (
     neighbour_copies,
     unique_rows,
 )
-from kdhelpers.chapters.recipes import make_student
 from kdhelpers.pseudo import predict_logits
+from kdhelpers.students import make_student
 
 
 def test_compact_vocabulary_keeps_specials_and_seen_ids_and_maps_the_rest_to_unk():
@@ -74,9 +74,9 @@ def test_bilstm_student_ignores_padding_and_counts_its_parameters():
 
 @pytest.fixture(scope="module")
 def small():
-    from kdhelpers.chapters.recipes import tokenize_splits
     from kdhelpers.data import load_sentiment
     from kdhelpers.models import load_teacher
+    from kdhelpers.teacher import tokenize_splits
 
     ds = load_sentiment("movies", seed=0, n_train=24, n_validation=16, n_test=16)
     ds["unlabeled"] = ds["unlabeled"].select(range(20))
@@ -254,7 +254,7 @@ def test_time_headline_checks_its_inputs():
 
 def test_retime_headline_measures_again_and_keeps_the_old_numbers(monkeypatch):
     from kdhelpers.chapters import headline
-    from kdhelpers.chapters.recipes import TextSplit
+    from kdhelpers.teacher import TextSplit
 
     vm = headline.VocabMap((0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12), 100, 200)
     teacher = make_student("cnn", 200, None, seed=1, embed_dim=8, channels=4, widths=(2,))

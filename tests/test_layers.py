@@ -166,3 +166,26 @@ def test_the_checks_fail_on_a_planted_violation(tmp_path):
     assert ("kdhelpers.chapters.b", 1, True) in found
     tree2 = ast.parse("def f():\n    from kdhelpers.a import y\n")
     assert imports_of("kdhelpers.chapters.b", tree2, known) == [("kdhelpers.a", 2, False)]
+
+
+def test_every_name_a_notebook_imports_from_kdhelpers_exists():
+    """A renamed module or helper breaks a notebook's import cell: caught here in seconds."""
+    import importlib
+
+    missing = []
+    for path in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+        for node in ast.walk(notebook_code(path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdhelpers"):
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError:
+                    missing.append(f"{path.name}: {node.module}")
+                    continue
+                for a in node.names:
+                    try:  # a name in the module, or a submodule of a package
+                        getattr(module, a.name, None) or importlib.import_module(
+                            f"{node.module}.{a.name}"
+                        )
+                    except ImportError:
+                        missing.append(f"{path.name}: {node.module}.{a.name}")
+    assert not missing, f"notebooks import names that do not exist: {missing}"

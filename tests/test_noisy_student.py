@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student
 from kdhelpers.chapters.selftrain import (
     NoisyStudentConfig,
     agreement_split,
@@ -18,9 +17,11 @@ from kdhelpers.chapters.selftrain import (
     noisy_student_rounds,
     train_noisy_student,
 )
-from kdhelpers.chapters.transfer import random_rows
 from kdhelpers.losses import kd_kl
+from kdhelpers.students import StudentConfig, make_student
+from kdhelpers.teacher import TextSplit
 from kdhelpers.train import labels_or_teacher_loss
+from kdhelpers.transfer import random_rows
 
 
 def split_of(n, seed=0, labelled=True, prefix="x"):

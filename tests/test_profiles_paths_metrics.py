@@ -150,8 +150,8 @@ def test_positive_rater_share():
 
 
 def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
-    from kdhelpers.chapters.recipes import chosen_alpha_temperature
     from kdhelpers.results import load_results, save_results
+    from kdhelpers.students import chosen_alpha_temperature
 
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr("kdhelpers.results.committed_results_dir", lambda: tmp_path / "none")

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import kdhelpers
-from kdhelpers.chapters.recipes import course_settings, make_student
 from kdhelpers.data import load_sentiment
 from kdhelpers.losses import distillation_loss
 from kdhelpers.models import BagOfEmbeddingsStudent, init_embeddings_from_teacher
 from kdhelpers.profiles import resolve_profile
+from kdhelpers.students import make_student
+from kdhelpers.teacher import course_settings
 
 PACKAGE = Path(kdhelpers.__file__).parent
 

@@ -10,7 +10,6 @@ from torch import nn
 
 from kdhelpers.batching import TextExamples, make_loader, tokenize_texts
 from kdhelpers.chapters import digits, lm
-from kdhelpers.chapters.recipes import make_student
 from kdhelpers.losses import (
     attention_transfer_loss,
     distillation_loss,
@@ -25,6 +24,7 @@ from kdhelpers.metrics import (
     reliability_bins,
 )
 from kdhelpers.models import BagOfEmbeddingsStudent, CNNStudent, tiny_bert_student
+from kdhelpers.students import make_student
 from kdhelpers.train import (
     TrainConfig,
     cross_entropy_loss,

@@ -10,8 +10,8 @@ from kdhelpers.batching import TextExamples, make_loader
 from kdhelpers.chapters.digits import make_image_student
 from kdhelpers.chapters.features import FeatureStudent
 from kdhelpers.chapters.lm.model import make_lm
-from kdhelpers.chapters.recipes import make_student
 from kdhelpers.device import seeded
+from kdhelpers.students import make_student
 from kdhelpers.train import TrainConfig, fit
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdhelpers"

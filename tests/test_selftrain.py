@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 
-from kdhelpers.chapters.recipes import StudentConfig, TextSplit, make_student
 from kdhelpers.chapters.selftrain import (
     clean_logits,
     drop_tokens,
@@ -14,6 +13,8 @@ from kdhelpers.chapters.selftrain import (
     unlabelled_pool,
 )
 from kdhelpers.models import BagOfEmbeddingsStudent
+from kdhelpers.students import StudentConfig, make_student
+from kdhelpers.teacher import TextSplit
 
 
 def test_drop_tokens_exact_seeded_values():

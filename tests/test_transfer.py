@@ -1,10 +1,10 @@
-"""kdhelpers.chapters.transfer: rows of chapter 05's transfer set that chapters 05-06 train on."""
+"""kdhelpers.transfer: chapter 05's transfer set and the rows of it that chapters 05-06 train on."""
 
 import pytest
 import torch
 
-from kdhelpers.chapters.recipes import TextSplit, transfer_set
-from kdhelpers.chapters.transfer import one_copy_rows, random_rows, transfer_examples
+from kdhelpers.teacher import TextSplit
+from kdhelpers.transfer import one_copy_rows, random_rows, transfer_examples, transfer_set
 
 
 def split(prefix: str, n: int, label: int) -> TextSplit:

@@ -13,18 +13,13 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples, make_loader, pad_collate
-from kdhelpers.chapters.recipes import (
-    StudentConfig,
-    TextSplit,
-    make_student,
-    split_accuracy,
-    train_student,
-)
 from kdhelpers.device import autocast, get_device, seeded, to_device
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import logits_of, mean_pool
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import length_sorted_batches
+from kdhelpers.students import StudentConfig, make_student, train_student
+from kdhelpers.teacher import TextSplit, split_accuracy
 from kdhelpers.train import LossFn, fit, forward_logits, make_kd_loss
 from kdhelpers.validate import check_int, check_number, check_token_lists
 

@@ -27,19 +27,6 @@ import torch.nn.functional as F
 
 from kdhelpers.augment import augment_token_ids
 from kdhelpers.batching import TextExamples
-from kdhelpers.chapters.recipes import (
-    StudentConfig,
-    TextSplit,
-    best_on_validation,
-    chosen_alpha_temperature,
-    concat_splits,
-    course_settings,
-    course_teacher,
-    make_student,
-    split_accuracy,
-    tokenize_splits,
-    train_student,
-)
 from kdhelpers.checkpoints import (
     checkpoint_config,
     checkpoint_paths,
@@ -52,7 +39,22 @@ from kdhelpers.models import count_parameters, project_teacher_embeddings
 from kdhelpers.paths import benchmarks_dir, cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
 from kdhelpers.stats import compare_seeds, over_seeds
+from kdhelpers.students import (
+    StudentConfig,
+    best_on_validation,
+    chosen_alpha_temperature,
+    make_student,
+    train_student,
+)
+from kdhelpers.teacher import (
+    TextSplit,
+    course_settings,
+    course_teacher,
+    split_accuracy,
+    tokenize_splits,
+)
 from kdhelpers.train import make_kd_loss
+from kdhelpers.transfer import concat_splits
 from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
 
 #: The VADER domains besides movies: their sentences are extra unlabelled text for the transfer set.

@@ -25,20 +25,13 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples
-from kdhelpers.chapters.recipes import (
-    STUDENT_KINDS,
-    StudentConfig,
-    TextSplit,
-    concat_splits,
-    make_student,
-    tokenize_splits,
-    train_student,
-)
-from kdhelpers.chapters.transfer import random_rows
 from kdhelpers.data import load_sentiment
 from kdhelpers.profiles import choose
 from kdhelpers.pseudo import confident, predict_logits, top_probability
+from kdhelpers.students import STUDENT_KINDS, StudentConfig, make_student, train_student
+from kdhelpers.teacher import TextSplit, tokenize_splits
 from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
+from kdhelpers.transfer import concat_splits, random_rows
 from kdhelpers.validate import check_int, check_number
 
 
@@ -189,7 +182,7 @@ def noisy_student_round(
     """
     if not isinstance(pool, TextSplit) or not isinstance(validation, TextSplit):
         raise TypeError(
-            "pool and validation must be TextSplit objects (kdhelpers.chapters.recipes.tokenize_splits)"
+            "pool and validation must be TextSplit objects (kdhelpers.teacher.tokenize_splits)"
         )
     data = noisy_student_set(
         pool.input_ids, teacher_logits, n_copies, p_drop, special_ids=special_ids, seed=config.seed
@@ -514,7 +507,7 @@ def noisy_student_rounds(
     agreement with the round-0 teacher on `test`, best epoch, epoch limit and row counts.
     `round0_logits(model, split, part)` gives a round-0 teacher's clean logits on `split`, `part`
     being "pool", "select" or "test" (default: clean_logits); to share them with other cells and
-    later runs through the logit cache, pass e.g. `lambda m, s, part: recipes.teacher_logits(m, s,
+    later runs through the logit cache, pass e.g. `lambda m, s, part: teacher.teacher_logits(m, s,
     device, name=f"amazon-{part}")`. Students are labelled afresh: they are retrained on every run,
     so caching their logits would save little and add a file per student and split."""
 

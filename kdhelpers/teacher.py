@@ -1,4 +1,5 @@
-"""End-to-end steps the text chapters share: tokenized splits, the fine-tuned teacher, its logits."""
+"""The text chapters' data and teacher: settings per profile, tokenized splits, the fine-tuned
+teacher (trained once, then loaded from its checkpoint) and its cached logits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,7 +15,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from kdhelpers.augment import augment_token_ids
 from kdhelpers.batching import TextExamples, make_loader, tokenize_texts
 from kdhelpers.checkpoints import (
     CheckpointError,
@@ -25,20 +25,15 @@ from kdhelpers.checkpoints import (
 from kdhelpers.data import load_sentiment
 from kdhelpers.device import seeded
 from kdhelpers.models import (
-    BagOfEmbeddingsStudent,
-    BiLSTMStudent,
-    CNNStudent,
-    init_embeddings_from_teacher,
     load_teacher,
-    tiny_bert_student,
 )
 from kdhelpers.paths import cache_dir, checkpoints_dir
 from kdhelpers.pseudo import cache_logits
-from kdhelpers.results import load_results
 from kdhelpers.train import TrainConfig, evaluate, fit
 from kdhelpers.validate import check_int, check_number, check_seed
 
 log = logging.getLogger(__name__)
+
 
 #: Rough wall time of fine-tuning the teacher per profile (2-core CPU for quick/standard).
 TEACHER_TRAINING_TIME = {
@@ -46,6 +41,7 @@ TEACHER_TRAINING_TIME = {
     "standard": "about 5 minutes on a 2-core CPU",
     "full": "a few minutes on a GPU (much longer on a CPU)",
 }
+
 
 #: The settings that name and guard the teacher checkpoint (hashed as JSON, stored in its record).
 TEACHER_KEYS = (
@@ -397,187 +393,3 @@ def teacher_logits(
 def split_accuracy(model: nn.Module, split: TextSplit, device: torch.device | str) -> float:
     """Accuracy of `model` on a labelled split."""
     return evaluate(model, make_loader(split.examples(), 128, device=device), device)["accuracy"]
-
-
-def augmented_split(
-    split: TextSplit,
-    n_copies: int,
-    mask_id: int,
-    seed: int = 0,
-    special_ids: tuple[int, ...] = (101, 102),
-) -> TextSplit:
-    """Noisy copies of a split's token ids (masking, n-gram cuts) as a new, unlabelled split."""
-
-    ids = augment_token_ids(
-        split.input_ids, n_copies=n_copies, mask_id=mask_id, special_ids=special_ids, seed=seed
-    )
-    names = [f"aug{k}:{i}" for i in split.ids for k in range(n_copies)]
-    texts = [t for t in split.texts for _ in range(n_copies)]
-    return TextSplit(names, texts, ids, torch.full((len(ids),), -1, dtype=torch.long))
-
-
-def concat_splits(*parts: TextSplit) -> TextSplit:
-    """One split made of several (ids must stay unique)."""
-    ids = [i for p in parts for i in p.ids]
-    if len(set(ids)) != len(ids):
-        raise ValueError("concat_splits: the parts share example ids")
-    return TextSplit(
-        ids,
-        [t for p in parts for t in p.texts],
-        [x for p in parts for x in p.input_ids],
-        torch.cat([p.gold for p in parts]),
-    )
-
-
-def transfer_set(
-    splits: Mapping[str, TextSplit], aug_copies: int, mask_id: int, seed: int = 0
-) -> tuple[TextSplit, torch.Tensor]:
-    """Chapter 05's transfer set (train + unlabelled pool + noisy copies) and its labels (-1 beyond train)."""
-    if not isinstance(aug_copies, int) or aug_copies < 0:
-        raise ValueError(f"aug_copies must be an int >= 0 (got {aug_copies!r})")
-    base = concat_splits(splits["train"], splits["unlabeled"])
-    transfer = (
-        base
-        if aug_copies == 0
-        else concat_splits(base, augmented_split(base, aug_copies, mask_id, seed=seed))
-    )
-    n_lab = len(splits["train"])
-    labels = torch.cat(
-        [splits["train"].gold, torch.full((len(transfer) - n_lab,), -1, dtype=torch.long)]
-    )
-    return transfer, labels
-
-
-def chosen_alpha_temperature(
-    profile: str, default: tuple[float, float] = (0.1, 4.0)
-) -> tuple[float, float, bool]:
-    """alpha and T that chapter 05's sweep chose for `profile` (from its results file), else `default`; and which."""
-
-    record = load_results("05_distillation", profile)
-    if record:
-        return float(record["metrics"]["alpha"]), float(record["metrics"]["temperature"]), True
-    return float(default[0]), float(default[1]), False
-
-
-STUDENT_KINDS = ("bag", "cnn", "bilstm", "tiny-bert")
-
-
-def make_student(
-    kind: str,
-    vocab_size: int,
-    teacher: nn.Module | torch.Tensor | None = None,
-    seed: int = 0,
-    **sizes: Any,
-) -> nn.Module:
-    """A fresh student ('bag', 'cnn', 'bilstm', 'tiny-bert') built from `seed`, leaving the caller's RNG
-    alone; all but tiny-bert copy word embeddings from `teacher` (a model or a projected table) when given."""
-
-    if kind not in STUDENT_KINDS:
-        raise ValueError(f"kind must be one of {STUDENT_KINDS} (got {kind!r})")
-    builders = {
-        "bag": BagOfEmbeddingsStudent,
-        "cnn": CNNStudent,
-        "bilstm": BiLSTMStudent,
-        "tiny-bert": tiny_bert_student,
-    }
-    with seeded(seed):  # the caller's RNG is given back afterwards
-        model = builders[kind](vocab_size, **sizes)
-    if teacher is not None and kind != "tiny-bert":
-        init_embeddings_from_teacher(model, teacher)
-    return model
-
-
-@dataclass(frozen=True, kw_only=True)
-class StudentConfig:
-    """How `train_student` trains a text student: epochs, AdamW learning rate, batch size, early-stopping
-    patience, the seed of its batch order and dropout, and length-bucketed batches."""
-
-    epochs: int = 8
-    lr: float = 2e-3
-    batch_size: int = 64
-    patience: int | None = 2
-    seed: int = 0
-    bucket: bool = True
-
-    def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1)
-        if not isinstance(self.bucket, bool):
-            raise TypeError(f"bucket must be True or False (got {self.bucket!r})")
-        self.train_config()  # checks epochs, lr, patience and seed now, naming the bad one
-
-    def replace(self, **changes: Any) -> StudentConfig:
-        """A copy with `changes` applied (checked again)."""
-        return dataclasses.replace(self, **changes)
-
-    def train_config(self) -> TrainConfig:
-        """The TrainConfig of `fit` (5% warm-up, AdamW's default weight decay, clipping at 1)."""
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            patience=self.patience,
-            warmup_ratio=0.05,
-            seed=self.seed,
-        )
-
-
-def train_student(
-    model: nn.Module,
-    train: TextExamples,
-    validation: TextSplit,
-    loss_fn: Any,
-    device: torch.device | str,
-    config: StudentConfig = StudentConfig(),
-    desc: str = "student",
-) -> dict[str, Any]:
-    """Train a student with the course loop (early stopping on validation accuracy); returns its history."""
-    if not isinstance(config, StudentConfig):
-        raise TypeError(
-            f"config must be a StudentConfig (got {type(config).__name__}): "
-            "train_student(..., config=StudentConfig(epochs=8, lr=2e-3, seed=0))"
-        )
-    loader = make_loader(
-        train,
-        config.batch_size,
-        shuffle=True,
-        device=device,
-        seed=config.seed,
-        bucket=config.bucket,
-    )
-    val = make_loader(validation.examples(), 256, device=device)
-    return fit(model, loader, val, loss_fn, config.train_config(), device=device, desc=desc)
-
-
-def best_on_validation(histories: Mapping[Any, Mapping[str, Any]]) -> Any:
-    """The key (a setting tried) whose training history has the highest best validation accuracy;
-    the first such key on ties, so list the default first."""
-    if not histories:
-        raise ValueError("histories is empty: train at least one setting")
-    for key, hist in histories.items():
-        if hist.get("best_val_accuracy") is None:
-            raise ValueError(
-                f"the history of {key!r} has no best_val_accuracy (trained without validation?)"
-            )
-    return max(histories, key=lambda k: histories[k]["best_val_accuracy"])
-
-
-def widen_grid(
-    tried: Sequence[float], best: float, low: float, high: float, factor: float = 10.0
-) -> float | None:
-    """The next value to try when the best of a multiplicative grid sits at its edge: best * factor
-    at the top edge, best / factor at the bottom, while within [low, high]; None when the best is
-    inside the grid or the next value would leave the range."""
-    values = sorted(check_number("tried[...]", v, 0.0, strict_min=True) for v in tried)
-    if not values or best not in values:
-        raise ValueError(f"best ({best!r}) must be one of the values tried {values}")
-    check_number("factor", factor, 1.0, strict_min=True)
-    if len(values) > 1 and values[0] < best < values[-1]:
-        return None
-    candidates = []
-    if best == values[-1]:
-        candidates.append(best * factor)
-    if best == values[0]:
-        candidates.append(best / factor)
-    for value in candidates:
-        if low <= value <= high and value not in values:
-            return value
-    return None

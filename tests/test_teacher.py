@@ -6,7 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdhelpers.chapters.recipes import (
+from kdhelpers.data import load_sentiment
+from kdhelpers.models import load_teacher
+from kdhelpers.teacher import (
     PROFILE_SETTINGS,
     CourseSettings,
     _teacher_name,
@@ -18,8 +20,6 @@ from kdhelpers.chapters.recipes import (
     teacher_logits,
     tokenize_splits,
 )
-from kdhelpers.data import load_sentiment
-from kdhelpers.models import load_teacher
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,8 @@ def test_teacher_is_trained_once_then_reloaded(splits, tmp_path):
 
 
 def test_transfer_set_keeps_train_labels_and_hides_the_rest():
-    from kdhelpers.chapters.recipes import TextSplit, transfer_set
+    from kdhelpers.teacher import TextSplit
+    from kdhelpers.transfer import transfer_set
 
     def split(prefix, n, label):
         return TextSplit(
@@ -161,7 +162,7 @@ def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(
 ):
     import json
 
-    from kdhelpers.chapters import recipes
+    from kdhelpers import teacher as recipes
 
     calls = []
     monkeypatch.setattr(
@@ -239,7 +240,7 @@ def test_teacher_training_is_seeded_by_its_settings_not_the_callers_rng(splits, 
 
 
 def test_student_config_checks_and_train_student_is_repeatable(splits):
-    from kdhelpers.chapters.recipes import StudentConfig, make_student, train_student
+    from kdhelpers.students import StudentConfig, make_student, train_student
     from kdhelpers.train import cross_entropy_loss
 
     with pytest.raises(ValueError, match="epochs"):
@@ -275,7 +276,7 @@ def test_student_config_checks_and_train_student_is_repeatable(splits):
 
 
 def test_seed_teachers_are_the_chapter_teacher_and_its_other_seeds(splits, tmp_path, monkeypatch):
-    from kdhelpers.chapters.recipes import seed_teachers
+    from kdhelpers.teacher import seed_teachers
 
     monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path))
     by_seed = seed_teachers(SETTINGS, splits, "cpu", [0, 1])
