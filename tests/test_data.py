@@ -417,7 +417,9 @@ def test_hub_probe_that_hangs_is_cut_short(monkeypatch) -> None:
         release.wait(30)  # a DNS look-up or connection that never returns
         raise OSError("gave up")
 
-    monkeypatch.setattr(urllib.request, "urlopen", hang)  # the probe in kdhelpers.checks uses it
+    monkeypatch.setattr(
+        urllib.request, "urlopen", hang
+    )  # the probe in kdhelpers.setup_checks uses it
     start = time.perf_counter()
     try:
         with pytest.raises(HubUnavailableError, match="movies"):

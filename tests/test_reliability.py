@@ -64,7 +64,7 @@ def test_no_unsafe_loading_anywhere_in_the_package():
 
 def test_offline_setup_check_reports_the_state_in_a_subprocess(tmp_path):
     code = (
-        "from kdhelpers.checks import run_checks; import json; "
+        "from kdhelpers.setup_checks import run_checks; import json; "
         "print(json.dumps([[c.name, c.ok, c.detail] for c in run_checks('cpu')]))"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdhelpers.analysis import logit_grad, logit_grad_norm, loglog_slope, total_variation
+from kdhelpers.chapters.loss_probes import (
+    logit_grad,
+    logit_grad_norm,
+    loglog_slope,
+    total_variation,
+)
 from kdhelpers.losses import kd_kl
 
 

@@ -1,4 +1,4 @@
-"""Small measurements for studying losses: logit gradients, distribution distances, slopes."""
+"""Chapter 02's measurements of its losses: logit gradients, distribution distances, log-log slopes."""
 
 from __future__ import annotations
 

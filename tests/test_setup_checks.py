@@ -2,8 +2,8 @@
 
 import time
 
-from kdhelpers.checks import Check, checks_table, run_checks
 from kdhelpers.hub import hub_offline_reason
+from kdhelpers.setup_checks import Check, checks_table, run_checks
 
 
 def test_offline_flag_is_reported_fast(monkeypatch):
