@@ -193,23 +193,7 @@ def measure_latency(
     min_inputs = check_int("min_inputs", min_inputs, 1)
     pad_id = check_int("pad_id", pad_id, 0)
     rows = _inputs_per_model(models, inputs)
-    count = len(next(iter(rows.values())))
-    n = count // batch_size
-    if n < min_inputs:
-        raise ValueError(
-            f"inputs holds {count} examples, {n} batch(es) of {batch_size}, but a latency "
-            f"measurement needs at least {min_inputs} timed passes on different inputs "
-            f"({min_inputs * batch_size} examples): "
-            f"pass more test examples, or min_inputs={max(n, 1)} for a quick run (n is recorded)"
-        )
-    for name, per_model in rows.items():
-        label = "inputs" if not isinstance(inputs, Mapping) else f"inputs[{name!r}]"
-        distinct = len({tuple(r) for r in per_model[: n * batch_size]})
-        if distinct < min(min_inputs, n * batch_size):
-            raise ValueError(
-                f"{label} holds only {distinct} different inputs among the {n * batch_size} timed: "
-                f"latency needs at least {min_inputs} different real inputs, not repeats"
-            )
+    n = _timed_batches(rows, isinstance(inputs, Mapping), batch_size, min_inputs)
     batches, devices, modes = {}, {}, {}
     for name, model in models.items():
         device = _device_of(model)
@@ -242,6 +226,31 @@ def measure_latency(
     finally:
         for name, model in models.items():
             model.train(modes[name])
+
+
+def _timed_batches(
+    rows: Mapping[str, list[list[int]]], per_model: bool, batch_size: int, min_inputs: int
+) -> int:
+    """How many batches of `batch_size` are timed; ValueError when that is below `min_inputs`, or
+    when the timed rows hold fewer than `min_inputs` different inputs."""
+    count = len(next(iter(rows.values())))
+    n = count // batch_size
+    if n < min_inputs:
+        raise ValueError(
+            f"inputs holds {count} examples, {n} batch(es) of {batch_size}, but a latency "
+            f"measurement needs at least {min_inputs} timed passes on different inputs "
+            f"({min_inputs * batch_size} examples): "
+            f"pass more test examples, or min_inputs={max(n, 1)} for a quick run (n is recorded)"
+        )
+    for name, model_rows in rows.items():
+        label = f"inputs[{name!r}]" if per_model else "inputs"
+        distinct = len({tuple(r) for r in model_rows[: n * batch_size]})
+        if distinct < min(min_inputs, n * batch_size):
+            raise ValueError(
+                f"{label} holds only {distinct} different inputs among the {n * batch_size} timed: "
+                f"latency needs at least {min_inputs} different real inputs, not repeats"
+            )
+    return n
 
 
 def _inputs_per_model(

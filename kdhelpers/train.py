@@ -1,4 +1,5 @@
-"""The training step every loop shares (AdamW, warm-up, AMP, clipping, keep-best) and `fit`, the text loop."""
+"""The training step every loop shares (AdamW, warm-up, AMP, clipping, keep-best), one epoch of it, and
+`fit`, the text loop."""
 
 from __future__ import annotations
 
@@ -331,6 +332,45 @@ def check_finite_parameters(model: nn.Module, when: str) -> None:
             )
 
 
+def optimiser_step_for(
+    model: nn.Module, config: TrainConfig, total_steps: int, device: torch.device
+) -> OptimiserStep:
+    """The OptimiserStep of `fit`: AdamW with warm-up over `total_steps`, clipping, AMP scaling."""
+    optimizer, scheduler = adamw_with_warmup(
+        model.parameters(), config.lr, config.weight_decay, total_steps, config.warmup_ratio
+    )
+    scaler = grad_scaler(device) if config.use_amp else None
+    return OptimiserStep(
+        optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm, scaler
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    step: OptimiserStep,
+    device: torch.device,
+    *,
+    use_amp: bool = True,
+    desc: str = "train",
+) -> float:
+    """One pass over `loader`: forward (AMP on CUDA), the loss in float32, one optimiser step per
+    batch; returns the mean loss."""
+    model.train()
+    losses = []
+    for batch in progress_bar(loader, desc):
+        batch = to_device(batch, device)
+        with autocast(device, enabled=use_amp):
+            logits = forward_logits(model, batch)
+        loss = loss_fn(logits.float(), batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} in {desc}: lower lr?")
+        step(loss)
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -352,44 +392,25 @@ def fit(
         raise ValueError("train_loader is empty")
     device = get_device() if device is None else torch.device(device)
     model.to(device)
-    optimizer, scheduler = adamw_with_warmup(
-        model.parameters(),
-        config.lr,
-        config.weight_decay,
-        config.epochs * len(train_loader),
-        config.warmup_ratio,
-    )
-    step = OptimiserStep(
-        optimizer,
-        scheduler,
-        tuple(model.parameters()),
-        config.max_grad_norm,
-        grad_scaler(device) if config.use_amp else None,
-    )
+    step = optimiser_step_for(model, config, config.epochs * len(train_loader), device)
     history: dict[str, Any] = {
-        "train_loss": [],
-        "val_accuracy": [],
-        "val_loss": [],
-        "epoch_seconds": [],
+        k: [] for k in ("train_loss", "val_accuracy", "val_loss", "epoch_seconds")
     }
     best, bad_epochs, epochs = KeepBest(higher_is_better=True), 0, config.epochs
     with contextlib.nullcontext() if config.seed is None else seeded(config.seed):
         for epoch in range(1, epochs + 1):
-            model.train()
-            start, losses = time.perf_counter(), []
-            for batch in progress_bar(train_loader, f"{desc} {epoch}/{epochs}"):
-                batch = to_device(batch, device)
-                with autocast(device, enabled=config.use_amp):
-                    logits = forward_logits(model, batch)
-                loss = loss_fn(logits.float(), batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch}: lower lr?"
-                    )
-                step(loss)
-                losses.append(loss.item())
+            start = time.perf_counter()
+            loss = train_epoch(
+                model,
+                train_loader,
+                loss_fn,
+                step,
+                device,
+                use_amp=config.use_amp,
+                desc=f"{desc} {epoch}/{epochs}",
+            )
             history["epoch_seconds"].append(time.perf_counter() - start)
-            history["train_loss"].append(sum(losses) / len(losses))
+            history["train_loss"].append(loss)
             check_finite_parameters(model, f"epoch {epoch}")
             if val_loader is None:
                 continue

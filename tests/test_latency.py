@@ -248,8 +248,10 @@ def test_too_few_or_repeated_inputs_are_refused() -> None:
         ValueError, match=r"at least 200 timed passes on different inputs \(400 examples\)"
     ):
         measure_latency(model, _inputs(300), batch_size=2)
-    with pytest.raises(ValueError, match="only 1 different inputs"):
+    with pytest.raises(ValueError, match=r"^inputs holds only 1 different inputs"):
         measure_latency(model, [[1, 2, 3]] * 250)
+    with pytest.raises(ValueError, match=r"^inputs\['tiny'\] holds only 1 different inputs"):
+        measure_latency(model, {"tiny": [[1, 2, 3]] * 250})
     with pytest.raises(ValueError, match="n is 3 but .* at least 200"):
         time_interleaved({"x": lambda i: None}, 3)
 
