@@ -244,6 +244,73 @@ def _teacher_name(settings: CourseSettings, splits: Mapping[str, TextSplit]) -> 
     return f"teacher-{settings.domain}-{h.hexdigest()[:12]}"
 
 
+def _checkpoint_refusal(
+    model: nn.Module, stem: Path, wanted: Mapping[str, Any], data_sha: str
+) -> tuple[str | None, dict[str, Any]]:
+    """Load the checkpoint at `stem` into `model`: (None, its record) when its digest verifies and its
+    settings and data match, else (why it is refused, {})."""
+    weights, _ = checkpoint_paths(stem)
+    if not weights.exists():
+        return f"no checkpoint {weights.name} in the checkpoint folder: trained now", {}
+    try:
+        record = load_checkpoint(model, stem)
+    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        return f"checkpoint refused ({exc}): trained again", {}
+    stored = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    stored = {k: stored.get(k) for k in TEACHER_KEYS}
+    differ = {k: (stored[k], wanted[k]) for k in TEACHER_KEYS if stored[k] != wanted[k]}
+    if differ:
+        return (
+            f"checkpoint {weights.name} was saved with other settings "
+            f"(stored, requested: {differ}): not reused, trained again"
+        ), {}
+    if record.get("data_sha256") != data_sha:
+        return (
+            f"checkpoint {weights.name} was trained on other train/validation examples "
+            "(or records none): not reused, trained again"
+        ), {}
+    return None, record
+
+
+def _announce_training(settings: CourseSettings, reason: str) -> None:
+    """Log that the chapters' own teacher is fine-tuned now, and roughly how long it takes."""
+    given = asdict(settings)
+    varied = ("domain", "seed", "teacher_seed")
+    for profile, values in PROFILE_SETTINGS.items():
+        if all(given[k] == v for k, v in asdict(values).items() if k not in varied):
+            log.warning(
+                "No usable teacher checkpoint for these settings (%s). Fine-tuning the teacher now "
+                "(chapter 03's step, saved so that later chapters reuse it): expect %s in the %s "
+                "profile.",
+                reason,
+                TEACHER_TRAINING_TIME[profile],
+                profile,
+            )
+            return  # exercises that vary the settings asked for that work: no announcement
+
+
+def _train_teacher(
+    settings: CourseSettings, splits: Mapping[str, TextSplit], device: torch.device | str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh teacher fine-tuned with `settings` on splits['train'] (early stopping on
+    validation), and its training history."""
+    seed = settings.training_seed
+    with seeded(seed):  # the new head's initial weights; the caller's RNG is given back
+        model, _ = load_teacher(None, pooling=settings.pooling)
+    train = make_loader(
+        splits["train"].examples(),
+        settings.batch_size,
+        shuffle=True,
+        device=device,
+        seed=seed,
+        bucket=settings.bucket,
+    )
+    val = make_loader(splits["validation"].examples(), 128, device=device)
+    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1, seed=seed)
+    history = fit(model, train, val, config=config, device=device, desc=f"teacher (seed {seed})")
+    return model, history
+
+
 def load_or_train_teacher(
     settings: CourseSettings,
     splits: Mapping[str, TextSplit],
@@ -263,74 +330,22 @@ def load_or_train_teacher(
     data_sha = hashlib.sha256(
         "\n".join("|".join(splits[name].ids) for name in ("train", "validation")).encode()
     ).hexdigest()
-    with seeded(settings.training_seed):  # the head is overwritten by a checkpoint, if one verifies
-        model, _ = load_teacher(None, pooling=settings.pooling)
-    weights, _ = checkpoint_paths(stem)
     if retrain:
         reason = "retrain=True: trained again"
-    elif not weights.exists():
-        reason = f"no checkpoint {weights.name} in the checkpoint folder: trained now"
     else:
-        try:
-            record = load_checkpoint(model, stem)
-            stored = record.get("settings") if isinstance(record.get("settings"), dict) else {}
-            stored = {k: stored.get(k) for k in TEACHER_KEYS}
-            differ = {k: (stored[k], wanted[k]) for k in TEACHER_KEYS if stored[k] != wanted[k]}
-            if differ:
-                reason = (
-                    f"checkpoint {weights.name} was saved with other settings "
-                    f"(stored, requested: {differ}): not reused, trained again"
-                )
-            elif record.get("data_sha256") != data_sha:
-                reason = (
-                    f"checkpoint {weights.name} was trained on other train/validation examples "
-                    "(or records none): not reused, trained again"
-                )
-            else:
-                info = {
-                    "trained_now": False,
-                    "checkpoint": stem.name,
-                    "reason": "checkpoint verified: weights digest, settings and data match",
-                    **record,
-                }
-                return model.to(device), info
-        except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
-            reason = f"checkpoint refused ({exc}): trained again"
-    given = asdict(settings)
-    profile = next(
-        (
-            name
-            for name, values in PROFILE_SETTINGS.items()
-            if all(
-                given[k] == v
-                for k, v in asdict(values).items()
-                if k not in ("domain", "seed", "teacher_seed")
-            )
-        ),
-        None,
-    )
-    if profile is not None:  # the chapters' own teacher; exercises that vary it ask for that work
-        log.warning(
-            "No usable teacher checkpoint for these settings (%s). Fine-tuning the teacher now "
-            "(chapter 03's step, saved so that later chapters reuse it): expect %s in the %s profile.",
-            reason,
-            TEACHER_TRAINING_TIME[profile],
-            profile,
-        )
-    seed = settings.training_seed
-    with seeded(seed):  # the new head's initial weights; the caller's RNG is given back
-        model, _ = load_teacher(None, pooling=settings.pooling)
-    train = make_loader(
-        splits["train"].examples(),
-        settings.batch_size,
-        shuffle=True,
-        device=device,
-        seed=seed,
-        bucket=settings.bucket,
-    )
-    val = make_loader(splits["validation"].examples(), 128, device=device)
-    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=1, seed=seed)
-    history = fit(model, train, val, config=config, device=device, desc=f"teacher (seed {seed})")
+        with seeded(settings.training_seed):  # the head is overwritten by a verified checkpoint
+            model, _ = load_teacher(None, pooling=settings.pooling)
+        reason, record = _checkpoint_refusal(model, stem, wanted, data_sha)
+        if reason is None:
+            info = {
+                "trained_now": False,
+                "checkpoint": stem.name,
+                "reason": "checkpoint verified: weights digest, settings and data match",
+                **record,
+            }
+            return model.to(device), info
+    _announce_training(settings, reason)
+    model, history = _train_teacher(settings, splits, device)
     stored = {**asdict(settings), **settings.teacher_key()}  # teacher_seed resolved
     record = {"settings": stored, "data_sha256": data_sha, "history": history}
     save_checkpoint(model, stem, record)
