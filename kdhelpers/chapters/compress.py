@@ -44,26 +44,11 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QUANTIZED_TYPES) for m in model.modules())
 
 
-def quantize_dynamic_int8(
-    model: nn.Module,
-    embeddings: bool = False,
-    per_channel: bool = False,
-    keep_float: Sequence[str] = (),
-) -> nn.Module:
-    """A CPU copy of `model` with int8 dynamic-quantized Linear layers (and 8-bit embedding tables if
-    asked); `model` is left as it was.
-
-    per_channel=True gives every output row of a weight matrix its own scale (one scale per matrix
-    otherwise); Linear layers whose qualified names are in `keep_float` (e.g. the classifier head,
-    "classifier") stay float32.
-    """
-    from torch.ao.quantization import (
-        default_dynamic_qconfig,
-        float_qparams_weight_only_qconfig,
-        per_channel_dynamic_qconfig,
-        quantize_dynamic,
-    )
-
+def _quantizable_linears(
+    model: object, embeddings: object, per_channel: object, keep_float: object
+) -> set[str]:
+    """The qualified names of `model`'s nn.Linear layers, after checking quantize_dynamic_int8's
+    arguments (each error names the argument and what to do)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
     if not isinstance(embeddings, bool):
@@ -97,10 +82,33 @@ def quantize_dynamic_int8(
         )
     if torch.backends.quantized.engine == "none":
         raise RuntimeError("this PyTorch build has no quantized CPU engine")
+    return linears
+
+
+def quantize_dynamic_int8(
+    model: nn.Module,
+    embeddings: bool = False,
+    per_channel: bool = False,
+    keep_float: Sequence[str] = (),
+) -> nn.Module:
+    """A CPU copy of `model` with int8 dynamic-quantized Linear layers (and 8-bit embedding tables if
+    asked); `model` is left as it was.
+
+    per_channel=True gives every output row of a weight matrix its own scale (one scale per matrix
+    otherwise); Linear layers whose qualified names are in `keep_float` (e.g. the classifier head,
+    "classifier") stay float32.
+    """
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        float_qparams_weight_only_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
+
+    linears = _quantizable_linears(model, embeddings, per_channel, keep_float)
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    spec: dict[Any, Any] = {
-        name: qconfig for name in linears if name not in set(keep_float)
-    }  # by name, so that keep_float can leave some out
+    # by name, so that keep_float can leave some out
+    spec: dict[Any, Any] = {name: qconfig for name in linears if name not in set(keep_float)}
     if embeddings:
         spec.update(
             {
@@ -110,9 +118,8 @@ def quantize_dynamic_int8(
             }
         )
     float_copy = copy.deepcopy(model).cpu().eval()
-    with (
-        warnings.catch_warnings()
-    ):  # torch.ao.quantization announces its move to torchao on every call
+    # torch.ao.quantization announces its move to torchao on every call
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         quantized = quantize_dynamic(float_copy, spec, dtype=torch.qint8)
