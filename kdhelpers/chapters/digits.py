@@ -315,6 +315,36 @@ class ImageTrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _image_epoch(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: tuple[torch.Tensor, ...],
+    loss_fn: Callable[..., torch.Tensor],
+    optimiser_step: OptimiserStep,
+    order: torch.Tensor | None,
+    batch_size: int,
+) -> float:
+    """One epoch of train_model over the rows in `order` (all rows as one batch when None); returns
+    the mean loss per example."""
+    model.train()
+    total, seen = 0.0, 0
+    for start in range(0, inputs.shape[0], batch_size):
+        rows = order[start : start + batch_size] if order is not None else slice(None)
+        logits = model(inputs[rows])
+        loss = loss_fn(logits, *(t[rows] for t in targets))
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError("loss_fn must return a scalar tensor")
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(
+                f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
+                "targets and the loss function"
+            )
+        optimiser_step(loss)
+        total += float(loss.detach()) * logits.shape[0]
+        seen += logits.shape[0]
+    return total / seen
+
+
 def train_model(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -357,25 +387,10 @@ def train_model(
     # dropout masks come from a seed drawn from `gen`; the caller's RNG is given back afterwards
     with seeded(int(torch.randint(0, 2**31 - 1, (1,), generator=gen))):
         for _ in range(config.epochs):
-            model.train()
             order = torch.randperm(n, generator=gen).to(device) if batch_size else None
-            total, seen = 0.0, 0
-            for start in range(0, n, step):
-                rows = order[start : start + step] if order is not None else slice(None)
-                logits = model(inputs[rows])
-                loss = loss_fn(logits, *(t[rows] for t in target_tuple))
-                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                    raise ValueError("loss_fn must return a scalar tensor")
-                if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(
-                        f"loss_fn returned {float(loss.detach())}: lower lr, or check the "
-                        "targets and the loss function"
-                    )
-                optimiser_step(loss)
-                count = logits.shape[0]
-                total += float(loss.detach()) * count
-                seen += count
-            history["loss"].append(total / seen)
+            history["loss"].append(
+                _image_epoch(model, inputs, target_tuple, loss_fn, optimiser_step, order, step)
+            )
             if val is not None:
                 history["val accuracy"].append(image_accuracy(model, x_val, y_val))
     model.eval()
