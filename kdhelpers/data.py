@@ -356,14 +356,14 @@ def _quiet_progress_bars() -> Iterator[None]:
             ds_logging.enable_progress_bar()
 
 
-def _load_hub(
-    domain: str, seed: int, n_train: int | None, n_validation: int | None, n_test: int | None
-) -> datasets.DatasetDict:
-    """rotten_tomatoes / sst2 from the Hub, in the same split layout and columns as VADER."""
-    alternative = (
-        "Use the packaged corpus instead: load_sentiment('movies') (VADER movie-review "
-        "snippets, fetched from PyPI with `python -m kdhelpers.data fetch`)."
-    )
+_HUB_ALTERNATIVE = (
+    "Use the packaged corpus instead: load_sentiment('movies') (VADER movie-review "
+    "snippets, fetched from PyPI with `python -m kdhelpers.data fetch`)."
+)
+
+
+def _hub_dataset(domain: str) -> datasets.DatasetDict:
+    """The hub's data set for `domain`; HubUnavailableError (naming the offline corpus) on failure."""
     reason = _hub_unreachable_reason()
     import datasets
 
@@ -371,16 +371,44 @@ def _load_hub(
     if reason is not None and not getattr(datasets.config, "HF_HUB_OFFLINE", False):
         raise HubUnavailableError(
             f"{domain!r} comes from the Hugging Face Hub, which cannot be used: {reason}. "
-            f"{alternative}"
+            f"{_HUB_ALTERNATIVE}"
         )
-
     try:
         with _quiet_progress_bars():
-            hub = datasets.load_dataset(HUB_DOMAINS[domain])
+            return datasets.load_dataset(HUB_DOMAINS[domain])
     except Exception as exc:  # any failure: re-raised with the offline alternative
-        message = f"loading {domain!r} from the Hub failed: {exc}. {alternative}"
+        message = f"loading {domain!r} from the Hub failed: {exc}. {_HUB_ALTERNATIVE}"
         raise HubUnavailableError(message) from exc
+
+
+def _hub_split(
+    hub: datasets.DatasetDict, domain: str, split: str, rows: Sequence[int] | None = None
+) -> datasets.Dataset:
+    """Rows of one hub split (all when None) in the VADER splits' columns."""
+    import datasets
+
     text_column = "sentence" if domain == "sst2" else "text"
+    part = hub[split] if rows is None else hub[split].select(rows)
+    ids = [f"{domain}:{split}:{i}" for i in (range(len(part)) if rows is None else rows)]
+    return datasets.Dataset.from_dict(
+        {
+            "id": ids,
+            "text": list(part[text_column]),
+            "label": [int(v) for v in part["label"]],
+            "score": [None] * len(part),
+            "rater_scores": [[] for _ in range(len(part))],
+        },
+        features=_features(True),
+    )
+
+
+def _load_hub(
+    domain: str, seed: int, n_train: int | None, n_validation: int | None, n_test: int | None
+) -> datasets.DatasetDict:
+    """rotten_tomatoes / sst2 from the Hub, in the same split layout and columns as VADER."""
+    import datasets
+
+    hub = _hub_dataset(domain)
     if domain == "sst2":  # the hub's test labels are hidden: its validation split is our test
         pool_split, test_split, val_split = "train", "validation", None
     else:
@@ -392,45 +420,28 @@ def _load_hub(
         split = name[2:]
         if value is not None and split in fixed and value != fixed[split]:
             raise ValueError(f"{name} is fixed at {fixed[split]} for {domain!r} (the hub's split)")
-    pool_texts = list(hub[pool_split][text_column])
-    n_val_carved = (
-        0
-        if val_split is not None
-        else (
-            DEFAULT_SPLIT_SIZES[domain].validation
-            if n_validation is None
-            else _check_size("n_validation", n_validation)
-        )
-    )
+    n_pool = len(hub[pool_split])
+    if val_split is not None:
+        n_val_carved = 0
+    elif n_validation is None:
+        n_val_carved = DEFAULT_SPLIT_SIZES[domain].validation
+    else:
+        n_val_carved = _check_size("n_validation", n_validation)
     sizes = _resolve_sizes(
-        domain, len(pool_texts), n_train, n_val_carved, 0, f"rows in the hub's {pool_split} split"
+        domain, n_pool, n_train, n_val_carved, 0, f"rows in the hub's {pool_split} split"
     )
-    indices = _assign_splits(pool_texts, sizes, seed)
-
-    def convert(split: str, rows: Sequence[int] | None = None) -> datasets.Dataset:
-        part = hub[split] if rows is None else hub[split].select(rows)
-        ids = [f"{domain}:{split}:{i}" for i in (range(len(part)) if rows is None else rows)]
-        return datasets.Dataset.from_dict(
-            {
-                "id": ids,
-                "text": list(part[text_column]),
-                "label": [int(v) for v in part["label"]],
-                "score": [None] * len(part),
-                "rater_scores": [[] for _ in range(len(part))],
-            },
-            features=_features(True),
-        )
-
+    text_column = "sentence" if domain == "sst2" else "text"
+    indices = _assign_splits(list(hub[pool_split][text_column]), sizes, seed)
     return datasets.DatasetDict(
         {
-            "train": convert(pool_split, indices["train"]),
-            "unlabeled": convert(pool_split, indices["unlabeled"]),
+            "train": _hub_split(hub, domain, pool_split, indices["train"]),
+            "unlabeled": _hub_split(hub, domain, pool_split, indices["unlabeled"]),
             "validation": (
-                convert(val_split)
+                _hub_split(hub, domain, val_split)
                 if val_split is not None
-                else convert(pool_split, indices["validation"])
+                else _hub_split(hub, domain, pool_split, indices["validation"])
             ),
-            "test": convert(test_split),
+            "test": _hub_split(hub, domain, test_split),
         }
     )
 
