@@ -178,6 +178,39 @@ def standardise_hidden(feats: TeacherFeatures, eps: float = 1e-6) -> TeacherFeat
 
 
 @torch.inference_mode()
+def _example_hidden(
+    states: Sequence[torch.Tensor], b: int, length: int, layers: Sequence[int]
+) -> torch.Tensor:
+    """Example b's hidden states at `layers` (its real tokens only), float32 on the CPU."""
+    return torch.stack([states[t][b, :length] for t in layers]).float().cpu()
+
+
+def _example_attention(
+    maps: Sequence[torch.Tensor], b: int, length: int, layers: Sequence[int]
+) -> torch.Tensor:
+    """Example b's head-averaged attention maps after `layers` (real tokens only), on the CPU."""
+    return torch.stack([maps[t - 1][b, :, :length, :length].float().mean(0) for t in layers]).cpu()
+
+
+def _check_feature_request(
+    input_ids: Sequence[Sequence[int]],
+    hidden_layers: Sequence[int],
+    attention_layers: Sequence[int],
+    depth: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """teacher_features' layer requests as tuples, after checking them against the teacher's depth."""
+    if len(input_ids) == 0:
+        raise ValueError("input_ids is empty: nothing to compute")
+    hidden_layers, attention_layers = tuple(hidden_layers), tuple(attention_layers)
+    if not hidden_layers and not attention_layers:
+        raise ValueError("ask for at least one hidden or attention layer")
+    if hidden_layers:
+        _check_layer_map([(0, t) for t in hidden_layers], 0, depth, attention=False)
+    if attention_layers:
+        _check_layer_map([(1, t) for t in attention_layers], 1, depth, attention=True)
+    return hidden_layers, attention_layers
+
+
 def teacher_features(
     teacher: nn.Module,
     input_ids: Sequence[Sequence[int]],
@@ -191,18 +224,11 @@ def teacher_features(
     kept on the CPU."""
 
     input_ids = check_token_lists("input_ids", input_ids)
-    if len(input_ids) == 0:
-        raise ValueError("input_ids is empty: nothing to compute")
     batch_size = check_int("batch_size", batch_size, 1)
-    hidden_layers, attention_layers = tuple(hidden_layers), tuple(attention_layers)
-    if not hidden_layers and not attention_layers:
-        raise ValueError("ask for at least one hidden or attention layer")
     encoder = teacher.base_model
-    depth = encoder.config.num_hidden_layers
-    if hidden_layers:
-        _check_layer_map([(0, t) for t in hidden_layers], 0, depth, attention=False)
-    if attention_layers:
-        _check_layer_map([(1, t) for t in attention_layers], 1, depth, attention=True)
+    hidden_layers, attention_layers = _check_feature_request(
+        input_ids, hidden_layers, attention_layers, encoder.config.num_hidden_layers
+    )
     device = get_device() if device is None else torch.device(device)
     was_training, old_impl = teacher.training, encoder.config._attn_implementation
     if attention_layers:
@@ -231,18 +257,9 @@ def teacher_features(
             for b, i in enumerate(idx):
                 length = len(input_ids[i])
                 if hidden_layers:
-                    hidden[i] = (
-                        torch.stack([out.hidden_states[t][b, :length] for t in hidden_layers])
-                        .float()
-                        .cpu()
-                    )
+                    hidden[i] = _example_hidden(out.hidden_states, b, length, hidden_layers)
                 if attention_layers:
-                    attentions[i] = torch.stack(
-                        [
-                            out.attentions[t - 1][b, :, :length, :length].float().mean(0)
-                            for t in attention_layers
-                        ]
-                    ).cpu()
+                    attentions[i] = _example_attention(out.attentions, b, length, attention_layers)
     finally:
         if attention_layers and old_impl != "eager":
             encoder.set_attn_implementation(old_impl)
@@ -390,6 +407,66 @@ def _grad_norms(
     return out
 
 
+def _check_feature_targets(
+    student: FeatureStudent, teacher_feats: object, attention_kind: object
+) -> None:
+    """Refuse teacher features that lack a layer the student matches, or have another width."""
+    kind = student.kind
+    if kind != "logits":
+        if not isinstance(teacher_feats, TeacherFeatures):
+            raise TypeError(f"kind={kind!r} needs teacher_feats from teacher_features(...)")
+        needed = {t for _, t in student.layer_map}
+        for what, have, used in (
+            ("hidden", teacher_feats.hidden_layers, kind in HIDDEN_KINDS),
+            ("attention", teacher_feats.attention_layers, kind in ATTENTION_KINDS_OF),
+        ):
+            missing = sorted(needed - set(have)) if used else []
+            if missing:
+                raise ValueError(f"teacher_feats lacks teacher layers {missing} ({what})")
+        if kind in HIDDEN_KINDS and student.projections[0].out_features != teacher_feats.width:
+            raise ValueError(
+                f"the student's projections map to width {student.projections[0].out_features} "
+                f"but the teacher's width is {teacher_feats.width}"
+            )
+    if attention_kind not in ("kl", "mse"):
+        raise ValueError(f"attention_kind must be 'kl' or 'mse' (got {attention_kind!r})")
+
+
+def feature_term(
+    student: FeatureStudent,
+    teacher_feats: TeacherFeatures,
+    batch: Mapping[str, torch.Tensor],
+    attention_kind: str = "kl",
+) -> torch.Tensor:
+    """The student's feature loss on this batch (its kind: hidden MSE or cosine, attention, or both per
+    layer pair), averaged over its layer pairs."""
+    kind = student.kind
+    if not student.features:
+        raise RuntimeError("the student kept no features: call it in training mode before the loss")
+    mask = batch["attention_mask"]
+    target = teacher_feats.for_batch(batch["index"], mask)
+    fn = hidden_cosine_loss if kind == "cosine" else hidden_mse_loss
+    terms = []
+    for j, (s_layer, t_layer) in enumerate(student.layer_map):
+        term = torch.zeros((), device=mask.device)
+        if kind in ATTENTION_KINDS_OF:
+            term = term + attention_transfer_loss(
+                student.features["attentions"][s_layer - 1],
+                target["attentions"][t_layer],
+                mask,
+                kind=attention_kind,
+            )
+        if kind in HIDDEN_KINDS:
+            term = term + fn(
+                student.features["hidden"][s_layer],
+                target["hidden"][t_layer],
+                student.projections[j],
+                mask,
+            )
+        terms.append(term)
+    return torch.stack(terms).mean()
+
+
 def make_feature_kd_loss(
     student: FeatureStudent,
     teacher_feats: TeacherFeatures | None = None,
@@ -415,61 +492,19 @@ def make_feature_kd_loss(
     if grad_every is not None:
         check_int("grad_every", grad_every, 1)
     kind = student.kind
-    if kind != "logits":
-        if not isinstance(teacher_feats, TeacherFeatures):
-            raise TypeError(f"kind={kind!r} needs teacher_feats from teacher_features(...)")
-        needed = {t for _, t in student.layer_map}
-        for what, have, used in (
-            ("hidden", teacher_feats.hidden_layers, kind in HIDDEN_KINDS),
-            ("attention", teacher_feats.attention_layers, kind in ATTENTION_KINDS_OF),
-        ):
-            missing = sorted(needed - set(have)) if used else []
-            if missing:
-                raise ValueError(f"teacher_feats lacks teacher layers {missing} ({what})")
-        if kind in HIDDEN_KINDS and student.projections[0].out_features != teacher_feats.width:
-            raise ValueError(
-                f"the student's projections map to width {student.projections[0].out_features} "
-                f"but the teacher's width is {teacher_feats.width}"
-            )
-    if attention_kind not in ("kl", "mse"):
-        raise ValueError(f"attention_kind must be 'kl' or 'mse' (got {attention_kind!r})")
+    _check_feature_targets(student, teacher_feats, attention_kind)
     kd = make_kd_loss(alpha, temperature)
     log: list[tuple[float, float]] = []
     grad_log: list[dict[str, float]] = []
     params = [p for p in student.parameters() if p.requires_grad]
 
-    def feature_loss(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The feature term of this batch, averaged over the layer pairs."""
-        if not student.features:
-            raise RuntimeError(
-                "the student kept no features: call it in training mode before the loss"
-            )
-        mask = batch["attention_mask"]
-        target = teacher_feats.for_batch(batch["index"], mask)
-        fn = hidden_cosine_loss if kind == "cosine" else hidden_mse_loss
-        terms = []
-        for j, (s_layer, t_layer) in enumerate(student.layer_map):
-            term = torch.zeros((), device=mask.device)
-            if kind in ATTENTION_KINDS_OF:
-                term = term + attention_transfer_loss(
-                    student.features["attentions"][s_layer - 1],
-                    target["attentions"][t_layer],
-                    mask,
-                    kind=attention_kind,
-                )
-            if kind in HIDDEN_KINDS:
-                term = term + fn(
-                    student.features["hidden"][s_layer],
-                    target["hidden"][t_layer],
-                    student.projections[j],
-                    mask,
-                )
-            terms.append(term)
-        return torch.stack(terms).mean()
-
     def loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         base = kd(logits, batch)
-        feat = feature_loss(batch) if kind != "logits" else torch.zeros((), device=logits.device)
+        feat = (
+            feature_term(student, teacher_feats, batch, attention_kind)
+            if kind != "logits"
+            else torch.zeros((), device=logits.device)
+        )
         step = len(log)
         log.append((float(base.detach()), float(feat.detach())))
         weighted = {"logit": logit_weight * base, "feature": beta * feat}
