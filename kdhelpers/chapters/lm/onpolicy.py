@@ -374,6 +374,117 @@ def _continuation_mask(attention_mask: torch.Tensor, prompt_lens: Sequence[int])
     return attention_mask[:, 1:].bool() & (positions >= lens)
 
 
+def _check_on_policy_models(
+    student: nn.Module, teacher: nn.Module, pool: Sequence[Sequence[int]], config: OnPolicyConfig
+) -> None:
+    """Refuse one model as both, positions too few for prompt + continuation, or ids beyond a vocabulary."""
+    if student is teacher:
+        raise ValueError("student and teacher must be different models")
+    longest = config.prompt_len + config.max_new_tokens
+    worst = max(max(s) for s in pool)
+    for name, model in (("student", student), ("teacher", teacher)):
+        _check_positions(
+            "prompt_len + max_new_tokens", model, longest, f"lower max_new_tokens ({name})"
+        )
+        vocab = (
+            model.get_input_embeddings().weight.shape[0]
+            if hasattr(model, "get_input_embeddings")
+            else None
+        )
+        if vocab is not None and worst >= vocab:
+            raise ValueError(
+                f"train_seqs hold token id {worst} but the {name}'s vocabulary has {vocab} ids"
+            )
+
+
+def on_policy_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    prompt_len: int,
+    loss_config: DivergenceConfig,
+    step: OptimiserStep,
+    dropout: bool = False,
+) -> tuple[float, int, int]:
+    """One distillation step on `seqs` (prompt + continuation): the frozen teacher's next-token
+    logits, the student's, their divergence on the continuation tokens only, one optimiser step.
+    Returns (loss, tokens the teacher scored, continuation tokens in the loss)."""
+    device = next(student.parameters()).device
+    ids, attn = pad_batch(seqs)
+    mask = _continuation_mask(attn, [prompt_len] * len(seqs))
+    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+    with torch.no_grad():
+        teacher_logits = lm_logits(teacher, ids, attn).float()
+    student.train(dropout)
+    student_logits = lm_logits(student, ids, attn)
+    loss = token_divergence(
+        student_logits[:, :-1].float(), teacher_logits[:, :-1], loss_config, mask
+    )
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} in an on-policy step: lower lr?")
+    step(loss)
+    return float(loss.detach()), int(attn.sum()), int(mask.sum())
+
+
+def _step_sequences(
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: Sequence[Sequence[int]],
+    on_policy: bool,
+    config: OnPolicyConfig,
+    sample_gen: torch.Generator,
+    history: dict[str, Any],
+) -> list[list[int]]:
+    """The step's sequences: the student's samples (on-policy), the teacher's greedy output
+    (seq_kd) or the data's own continuations; counts the generated tokens in `history`."""
+    k = config.prompt_len
+    prompts = [list(x[:k]) for x in batch]
+    if on_policy:
+        seqs = _generate(
+            student, prompts, config.max_new_tokens, config.temperature, sample_gen, len(prompts)
+        )
+        history["student_generated_tokens"] += sum(len(s) - k for s in seqs)
+    elif config.seq_kd:
+        seqs = _generate(teacher, prompts, config.max_new_tokens, None, None, len(prompts))
+        history["teacher_generated_tokens"] += sum(len(s) for s in seqs)
+    else:
+        seqs = [list(x[: k + config.max_new_tokens]) for x in batch]
+    return seqs
+
+
+_COUNTS = (
+    "teacher_tokens",
+    "teacher_scored_tokens",
+    "teacher_generated_tokens",
+    "student_generated_tokens",
+    "loss_tokens",
+    "steps_run",
+    "on_policy_steps",
+)
+
+
+def _record_step(
+    history: dict[str, Any],
+    rows: list[int],
+    on_policy: bool,
+    loss: float,
+    scored: int,
+    in_loss: int,
+) -> None:
+    """Add one step of distill_on_policy to its history (per-step lists and running totals)."""
+    history["teacher_scored_tokens"] += scored
+    history["teacher_tokens"] = (
+        history["teacher_scored_tokens"] + history["teacher_generated_tokens"]
+    )
+    history["loss"].append(loss)
+    history["on_policy"].append(on_policy)
+    history["rows"].append(rows)
+    history["teacher_tokens_per_step"].append(history["teacher_tokens"])
+    history["loss_tokens"] += in_loss
+    history["steps_run"] += 1
+    history["on_policy_steps"] += int(on_policy)
+
+
 def distill_on_policy(
     student: nn.Module,
     teacher: nn.Module,
@@ -397,107 +508,48 @@ def distill_on_policy(
     loss), 'steps_run', 'on_policy_steps' and 'seconds'.
     """
     student, teacher = _check_model("student", student), _check_model("teacher", teacher)
-    if student is teacher:
-        raise ValueError("student and teacher must be different models")
     if not isinstance(config, OnPolicyConfig):
         raise TypeError(f"config must be an OnPolicyConfig (got {type(config).__name__})")
     pool = onpolicy_prompts(train_seqs, config.prompt_len)
-    longest = config.prompt_len + config.max_new_tokens
-    for name, model in (("student", student), ("teacher", teacher)):
-        _check_positions(
-            "prompt_len + max_new_tokens", model, longest, f"lower max_new_tokens ({name})"
-        )
-        vocab = (
-            model.get_input_embeddings().weight.shape[0]
-            if hasattr(model, "get_input_embeddings")
-            else None
-        )
-        worst = max(max(s) for s in pool)
-        if vocab is not None and worst >= vocab:
-            raise ValueError(
-                f"train_seqs hold token id {worst} but the {name}'s vocabulary has {vocab} ids"
-            )
+    _check_on_policy_models(student, teacher, pool, config)
     device = get_device() if device is None else torch.device(device)
     student.to(device)
     teacher.to(device).eval()
-    loss_config = config.divergence_config
     optimizer = torch.optim.AdamW(
         student.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    step = OptimiserStep(
-        optimizer, None, tuple(student.parameters()), config.max_grad_norm
-    )  # constant lr, as TRL
+    # constant lr, as TRL
+    step = OptimiserStep(optimizer, None, tuple(student.parameters()), config.max_grad_norm)
     batch_gen = torch.Generator().manual_seed(config.seed)
     sample_gen = torch.Generator().manual_seed(config.seed + 1)  # torch seeds go up to 2**64 - 1
-    coin = random.Random(config.seed)
-    k, order = config.prompt_len, []
+    coin, order = random.Random(config.seed), []
     history: dict[str, Any] = {
-        "loss": [],
-        "on_policy": [],
-        "rows": [],
-        "teacher_tokens_per_step": [],
-        "teacher_tokens": 0,
-        "teacher_scored_tokens": 0,
-        "teacher_generated_tokens": 0,
-        "student_generated_tokens": 0,
-        "loss_tokens": 0,
-        "steps_run": 0,
-        "on_policy_steps": 0,
+        **{k: [] for k in ("loss", "on_policy", "rows", "teacher_tokens_per_step")},
+        **dict.fromkeys(_COUNTS, 0),
     }
     start = time.perf_counter()
     with seeded(config.seed):  # dropout masks; the caller's RNG is given back afterwards
         for _ in progress_bar(range(config.steps), "on-policy KD"):
-            if (
-                config.max_teacher_tokens is not None
-                and history["teacher_tokens"] >= config.max_teacher_tokens
-            ):
+            budget = config.max_teacher_tokens
+            if budget is not None and history["teacher_tokens"] >= budget:
                 break
             if len(order) < config.batch_size:
                 order += torch.randperm(len(pool), generator=batch_gen).tolist()
             rows, order = order[: config.batch_size], order[config.batch_size :]
-            prompts = [pool[i][:k] for i in rows]
             on_policy = coin.random() < config.lmbda
-            if on_policy:
-                seqs = _generate(
-                    student,
-                    prompts,
-                    config.max_new_tokens,
-                    config.temperature,
-                    sample_gen,
-                    len(prompts),
-                )
-                history["student_generated_tokens"] += sum(len(s) - k for s in seqs)
-            elif config.seq_kd:
-                seqs = _generate(teacher, prompts, config.max_new_tokens, None, None, len(prompts))
-                history["teacher_generated_tokens"] += sum(len(s) for s in seqs)
-            else:
-                seqs = [pool[i][: k + config.max_new_tokens] for i in rows]
-            ids, attn = pad_batch(seqs)
-            mask = _continuation_mask(attn, [k] * len(seqs))
-            ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-            with torch.no_grad():
-                teacher_logits = lm_logits(teacher, ids, attn).float()
-            history["teacher_scored_tokens"] += int(attn.sum())
-            student.train(config.dropout)
-            student_logits = lm_logits(student, ids, attn)
-            loss = token_divergence(
-                student_logits[:, :-1].float(), teacher_logits[:, :-1], loss_config, mask
+            seqs = _step_sequences(
+                student, teacher, [pool[i] for i in rows], on_policy, config, sample_gen, history
             )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {history['steps_run'] + 1}: lower lr?"
-                )
-            step(loss)
-            history["teacher_tokens"] = (
-                history["teacher_scored_tokens"] + history["teacher_generated_tokens"]
+            loss, scored, in_loss = on_policy_step(
+                student,
+                teacher,
+                seqs,
+                config.prompt_len,
+                config.divergence_config,
+                step,
+                config.dropout,
             )
-            history["loss"].append(float(loss.detach()))
-            history["on_policy"].append(on_policy)
-            history["rows"].append(rows)
-            history["teacher_tokens_per_step"].append(history["teacher_tokens"])
-            history["loss_tokens"] += int(mask.sum())
-            history["steps_run"] += 1
-            history["on_policy_steps"] += int(on_policy)
+            _record_step(history, rows, on_policy, loss, scored, in_loss)
     student.eval()
     history["seconds"] = time.perf_counter() - start
     return history
