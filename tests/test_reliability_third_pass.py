@@ -1,0 +1,157 @@
+"""Third reliability pass (issue 29): NaN from finite input, statistics on degenerate data, names
+that leave their folder, and errors that end deep in torch or Python (docs/reliability.md).
+
+One test per class, parametrised over the examples the held-out attack found; each case fails on
+the code before the fix (a NaN, a silent value, a file read outside its folder, or an error that
+does not name the argument)."""
+
+import math
+
+import pytest
+import torch
+
+from kdhelpers.divergences import forward_kl, generalized_jsd, reverse_kl
+from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
+
+# ---------------------------------------------------------------- class 1: NaN from finite input
+
+
+def _mse64(a, b):
+    """The float64 reference of hidden_mse_loss without a projection."""
+    return float(((a.double() - b.double()) ** 2).mean())
+
+
+def _cosine_loss64(a, b, eps):
+    """The float64 reference of hidden_cosine_loss: 1 - a.b / max(|a||b|, eps), a zero row -> cos 0."""
+    x, y = a.double(), b.double()
+    denom = (x.norm(dim=-1) * y.norm(dim=-1)).clamp(min=eps)
+    cos = (x * y).sum(-1) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return float((1 - cos).mean())
+
+
+def _nan_projection(width=3):
+    proj = torch.nn.Linear(width, width)
+    with torch.no_grad():
+        proj.weight[0, 0] = float("nan")
+    return proj
+
+
+_ZERO = torch.zeros(2, 3, 4)
+_HUGE = torch.full((2, 3, 4), 1e20)
+_HUGE_MIXED = _HUGE * torch.tensor([1.0, -1.0, 1.0, 1.0])
+_TINY = torch.full((2, 3, 4), 1e-30)
+_ONE_FAR = torch.zeros(1, 2, 1000)
+_ONE_FAR[0, 0, 0] = 1e20  # (1e20)^2 overflows float32, the mean 5e36 does not
+_FAR = torch.tensor([[3e38, -3e38]])  # a row span of 6e38: beyond float32
+_FLAT = torch.zeros(1, 2)
+_IDENTITY_ATTN = torch.eye(3).expand(1, 2, 3, 3).contiguous()  # exact zeros off the diagonal
+
+
+def _kl64(p_logits, q_logits):
+    """KL(softmax(p) || softmax(q)) in float64."""
+    lp = torch.log_softmax(p_logits.double(), -1)
+    lq = torch.log_softmax(q_logits.double(), -1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+CLASS1 = [
+    pytest.param(
+        lambda: hidden_cosine_loss(_ZERO, _ZERO, eps=0.0),
+        _cosine_loss64(_ZERO, _ZERO, 0.0),
+        id="cosine-zero-states-eps0",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(_ZERO, _ZERO, eps=0.0) - hidden_cosine_loss(_ZERO, _ZERO),
+        0.0,
+        id="cosine-zero-states-eps0-is-the-eps-limit",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(_HUGE, _HUGE),
+        _cosine_loss64(_HUGE, _HUGE, 1e-8),
+        id="cosine-1e20-identical",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(_HUGE, _HUGE_MIXED),
+        _cosine_loss64(_HUGE, _HUGE_MIXED, 1e-8),
+        id="cosine-1e20-different",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(_TINY, _TINY, eps=0.0),
+        _cosine_loss64(_TINY, _TINY, 0.0),
+        id="cosine-1e-30-identical-eps0",
+    ),
+    pytest.param(
+        lambda: hidden_mse_loss(_ONE_FAR, torch.zeros_like(_ONE_FAR)),
+        _mse64(_ONE_FAR, torch.zeros_like(_ONE_FAR)),
+        id="mse-square-overflows-mean-fits",
+    ),
+    pytest.param(
+        lambda: hidden_mse_loss(_HUGE, _HUGE_MIXED),
+        (ValueError, "student_hidden and teacher_hidden .* overflows float32"),
+        id="mse-true-value-beyond-float32",
+    ),
+    pytest.param(
+        lambda: hidden_mse_loss(torch.ones(1, 2, 3), torch.ones(1, 2, 3), _nan_projection()),
+        (ValueError, r"projection\.weight holds NaN"),
+        id="mse-nan-projection",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(torch.ones(1, 2, 3), torch.ones(1, 2, 3), _nan_projection()),
+        (ValueError, r"projection\.weight holds NaN"),
+        id="cosine-nan-projection",
+    ),
+    pytest.param(
+        lambda: attention_transfer_loss(_IDENTITY_ATTN, _IDENTITY_ATTN, eps=0.0),
+        0.0,
+        id="attention-kl-exact-zeros-eps0",
+    ),
+    pytest.param(
+        lambda: attention_transfer_loss(_IDENTITY_ATTN, torch.full((1, 2, 3, 3), 1 / 3), eps=0.0),
+        (ValueError, "student_attn gives probability 0 .* eps"),
+        id="attention-kl-infinite-eps0",
+    ),
+    pytest.param(
+        lambda: hidden_cosine_loss(_ZERO, _ZERO, eps=-1.0),
+        (ValueError, "eps must be a finite number >= 0"),
+        id="cosine-negative-eps",
+    ),
+    pytest.param(lambda: forward_kl(_FAR, _FLAT), _kl64(_FLAT, _FAR), id="forward-kl-logits-3e38"),
+    pytest.param(lambda: reverse_kl(_FLAT, _FAR), _kl64(_FLAT, _FAR), id="reverse-kl-logits-3e38"),
+    pytest.param(lambda: forward_kl(_FAR, _FAR), 0.0, id="forward-kl-equal-logits-3e38"),
+    pytest.param(
+        lambda: generalized_jsd(_FAR, _FAR.flip(-1)), math.log(2), id="jsd-disjoint-logits-3e38"
+    ),
+    pytest.param(
+        lambda: forward_kl(_FAR, _FAR.flip(-1)),
+        (ValueError, "forward KL .* overflows float32"),
+        id="forward-kl-true-value-beyond-float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), CLASS1)
+def test_class1_finite_input_gives_the_float64_value_or_a_named_error(call, expected):
+    if isinstance(expected, tuple):
+        with pytest.raises(expected[0], match=expected[1]):
+            call()
+        return
+    got = call()
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got)), got
+    assert float(got) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_class1_gradients_stay_finite_where_the_value_is_defined():
+    for name, loss, a, b in (
+        ("cosine, zero states", lambda x, b: hidden_cosine_loss(x, b, eps=0.0), _ZERO, _ZERO),
+        ("cosine, 1e20 states", hidden_cosine_loss, _HUGE, _HUGE_MIXED),
+        ("mse, one far value", hidden_mse_loss, _ONE_FAR, torch.zeros_like(_ONE_FAR)),
+    ):
+        x = a.clone().requires_grad_(True)
+        loss(x, b).backward()
+        assert bool(torch.isfinite(x.grad).all()), name
+    s = _IDENTITY_ATTN.clone().requires_grad_(True)
+    attention_transfer_loss(s, _IDENTITY_ATTN, eps=0.0).backward()
+    assert bool(torch.isfinite(s.grad).all())
+    x = _FAR.clone().requires_grad_(True)
+    forward_kl(x, _FLAT).backward()
+    assert bool(torch.isfinite(x.grad).all())
