@@ -12,6 +12,7 @@ import torch
 
 from kdhelpers.divergences import forward_kl, generalized_jsd, reverse_kl
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
+from kdhelpers.stats import spearman_interval, split_half_agreement
 
 # ---------------------------------------------------------------- class 1: NaN from finite input
 
@@ -155,3 +156,41 @@ def test_class1_gradients_stay_finite_where_the_value_is_defined():
     x = _FAR.clone().requires_grad_(True)
     forward_kl(x, _FLAT).backward()
     assert bool(torch.isfinite(x.grad).all())
+
+
+# ---------------------------------------------------------------- class 2: statistics on degenerate data
+
+CLASS2 = [
+    pytest.param(
+        lambda: spearman_interval([3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 3.0, 4.0], n_resamples=100),
+        "x has no variation: all 4 values are 3",
+        id="spearman-constant-x",
+    ),
+    pytest.param(
+        lambda: spearman_interval([1.0, 2.0, 3.0, 4.0], [0.5] * 4, n_resamples=100),
+        "y has no variation",
+        id="spearman-constant-y",
+    ),
+    pytest.param(
+        lambda: split_half_agreement([[1, 1, 1], [2, 1], [1, 3, 1, 1]], n_splits=3),
+        r"rater_scores \(each item's share of positive ratings\) has no variation",
+        id="split-half-unanimous-raters",
+    ),
+    pytest.param(
+        lambda: split_half_agreement([[1, -1], [1, 1], [1, -1]], n_splits=1, seed=0),
+        "half of split 0 .* has no variation",
+        id="split-half-a-half-without-variation",
+    ),
+    pytest.param(
+        lambda: split_half_agreement([[1, -1], [1, -1], [1, 0]], n_splits=1, seed=1),
+        "exactly opposite order .* Spearman-Brown",
+        id="split-half-perfect-disagreement",
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+@pytest.mark.parametrize(("call", "message"), CLASS2)
+def test_class2_degenerate_data_is_refused_saying_why_never_nan(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
