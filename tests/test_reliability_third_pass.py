@@ -5,13 +5,23 @@ One test per class, parametrised over the examples the held-out attack found; ea
 the code before the fix (a NaN, a silent value, a file read outside its folder, or an error that
 does not name the argument)."""
 
+import contextlib
+import hashlib
+import json
 import math
 
 import pytest
 import torch
 
+from kdhelpers.chapters import lm
+from kdhelpers.chapters.distributed import shared_teacher_logits
+from kdhelpers.chapters.headline import load_headline_student
+from kdhelpers.chapters.recipes import TextSplit, teacher_logits
 from kdhelpers.divergences import forward_kl, generalized_jsd, reverse_kl
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
+from kdhelpers.models import BagOfEmbeddingsStudent
+from kdhelpers.pseudo import cache_logits, data_fingerprint, model_fingerprint
+from kdhelpers.results import load_results, save_results
 from kdhelpers.stats import spearman_interval, split_half_agreement
 
 # ---------------------------------------------------------------- class 1: NaN from finite input
@@ -194,3 +204,151 @@ CLASS2 = [
 def test_class2_degenerate_data_is_refused_saying_why_never_nan(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------------- class 3: names that leave their folder
+
+
+def _outside_file(tmp_path, name="secret.bin", text="not yours"):
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    target = outside / name
+    target.write_text(text)
+    return target
+
+
+def _cache_name(teacher, ids, input_ids, name):
+    """The file name cache_logits gives these logits (see kdhelpers.pseudo.cache_logits)."""
+    fingerprint = hashlib.sha256(
+        (model_fingerprint(teacher) + data_fingerprint(ids, input_ids)).encode()
+    ).hexdigest()
+    return f"{name}-{fingerprint[:16]}.safetensors"
+
+
+def _tiny_teacher():
+    torch.manual_seed(0)
+    return BagOfEmbeddingsStudent(vocab_size=10, embed_dim=4, hidden=4).eval()
+
+
+_IDS, _INPUT_IDS = ["a", "b"], [[1, 2, 3], [4, 5]]
+
+
+class _OneProcess:
+    """The parts of an accelerate.Accelerator that shared_teacher_logits uses, for one process."""
+
+    device = torch.device("cpu")
+    is_main_process = True
+
+    def main_process_first(self):
+        return contextlib.nullcontext()
+
+
+def _case_headline_dotdot(tmp_path):
+    _outside_file(tmp_path, "student.safetensors")
+    return lambda: load_headline_student({"student_checkpoint": "../outside/student"})
+
+
+def _case_headline_absolute(tmp_path):
+    target = _outside_file(tmp_path, "student.safetensors")
+    return lambda: load_headline_student({"student_checkpoint": str(target.with_suffix(""))})
+
+
+def _case_headline_symlink(tmp_path):
+    target = _outside_file(tmp_path, "student.safetensors")
+    (tmp_path / "checkpoints" / "student.safetensors").symlink_to(target)
+    return lambda: load_headline_student({"student_checkpoint": "student"})
+
+
+def _case_save_results_symlink(tmp_path):
+    target = _outside_file(tmp_path, "05_x.json", "{}")
+    (tmp_path / "results" / "05_x.json").symlink_to(target)
+    return lambda: save_results("05_x", {"a": 1.0}, "standard", folder=tmp_path / "results")
+
+
+def _case_load_results_symlink(tmp_path):
+    target = _outside_file(tmp_path, "05_x.json", json.dumps({"profile": "standard"}))
+    (tmp_path / "results" / "05_x.json").symlink_to(target)
+    return lambda: load_results("05_x", folder=tmp_path / "results")
+
+
+def _case_cache_logits_symlink(tmp_path):
+    teacher = _tiny_teacher()
+    target = _outside_file(tmp_path, "logits.safetensors")
+    (tmp_path / "cache" / _cache_name(teacher, _IDS, _INPUT_IDS, "t")).symlink_to(target)
+    return lambda: cache_logits(
+        teacher, _IDS, _INPUT_IDS, tmp_path / "cache", name="t", progress=False, device="cpu"
+    )
+
+
+def _case_teacher_logits_symlink(tmp_path):
+    teacher = _tiny_teacher()
+    split = TextSplit(_IDS, ["a", "b"], _INPUT_IDS, torch.tensor([0, 1]))
+    target = _outside_file(tmp_path, "logits.safetensors")
+    (tmp_path / "cache" / _cache_name(teacher, _IDS, _INPUT_IDS, "teacher")).symlink_to(target)
+    return lambda: teacher_logits(teacher, split, "cpu", folder=tmp_path / "cache")
+
+
+def _case_shared_teacher_logits_symlink(tmp_path):
+    teacher = _tiny_teacher()
+    target = _outside_file(tmp_path, "logits.safetensors")
+    (tmp_path / "cache" / _cache_name(teacher, _IDS, _INPUT_IDS, "teacher")).symlink_to(target)
+    return lambda: shared_teacher_logits(
+        _OneProcess(), teacher, _IDS, _INPUT_IDS, tmp_path / "cache"
+    )
+
+
+def _case_load_or_train_lm_symlink(tmp_path):
+    target = _outside_file(tmp_path, "lm.safetensors")
+    (tmp_path / "checkpoints" / "lm.safetensors").symlink_to(target)
+    model = torch.nn.Linear(2, 2)
+    return lambda: lm.load_or_train_lm(
+        model, "lm", lambda m: {"steps": 0}, folder=tmp_path / "checkpoints"
+    )
+
+
+_FIELD = r"record\['student_checkpoint'\]"
+CLASS3 = [
+    pytest.param(_case_headline_dotdot, _FIELD + r" .* '\.\.' part", id="headline-student-dotdot"),
+    pytest.param(_case_headline_absolute, _FIELD + " is an absolute path", id="headline-student-absolute"),
+    pytest.param(_case_headline_symlink, _FIELD + " leads to .* outside", id="headline-student-symlink"),
+    pytest.param(_case_save_results_symlink, "notebook leads to .* outside", id="save-results-symlink"),
+    pytest.param(_case_load_results_symlink, "notebook leads to .* outside", id="load-results-symlink"),
+    pytest.param(_case_cache_logits_symlink, "name leads to .* outside", id="cache-logits-symlink"),
+    pytest.param(_case_teacher_logits_symlink, "name leads to .* outside", id="teacher-logits-symlink"),
+    pytest.param(_case_shared_teacher_logits_symlink, "name leads to .* outside", id="shared-teacher-logits-symlink"),
+    pytest.param(_case_load_or_train_lm_symlink, "name leads to .* outside", id="load-or-train-lm-symlink"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "message"), CLASS3)
+def test_class3_names_joined_to_a_folder_stay_inside_it(case, message, tmp_path, monkeypatch):
+    for sub in ("checkpoints", "results", "cache"):
+        (tmp_path / sub).mkdir()
+    monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    call = case(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "outside").iterdir()}
+    with pytest.raises(ValueError, match=message):
+        call()
+    # nothing outside the folder was read into a result or replaced
+    assert {p: p.read_bytes() for p in (tmp_path / "outside").iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("..", "'\\.\\.' part"),
+        ("a/../../b", "'\\.\\.' part"),
+        ("/etc/passwd", "absolute path"),
+        ("", "non-empty"),
+        ("a\x00b", "non-empty"),
+        (".", "outside the folder"),
+    ],
+)
+def test_class3_inside_refuses_every_way_out(name, message, tmp_path):
+    from kdhelpers.folders import inside
+
+    with pytest.raises(ValueError, match=message):
+        inside(tmp_path, name, "name")
+    with pytest.raises(TypeError, match="name must be a file name"):
+        inside(tmp_path, 5, "name")
+    assert inside(tmp_path, "sub/a.json", "name") == tmp_path / "sub" / "a.json"

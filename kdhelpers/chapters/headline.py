@@ -47,6 +47,7 @@ from kdhelpers.checkpoints import (
     save_checkpoint,
 )
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
+from kdhelpers.folders import check_inside, inside
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.models import count_parameters, project_teacher_embeddings
 from kdhelpers.paths import benchmarks_dir, cache_dir, checkpoints_dir
@@ -751,11 +752,19 @@ def load_headline_student(record: Mapping[str, Any]) -> tuple[torch.nn.Module, V
     """The headline run's seed-0 student (CPU, eval mode) and its compact vocabulary, from the
     checkpoint the run saved; None when this machine does not hold it (run scripts/headline_run.py)."""
     name = record.get("student_checkpoint")
-    if not name or not checkpoint_paths(checkpoints_dir() / name)[0].exists():
+    if not name:
         return None
-    config = checkpoint_config(checkpoints_dir() / name)  # the sizes, to build the model first
+    what = "record['student_checkpoint']"
+    folder = checkpoints_dir()
+    stem = inside(folder, name, what)
+    files = checkpoint_paths(stem)
+    for path in files:  # neither file may be a symlink out of the checkpoint folder
+        check_inside(folder, path, what)
+    if not files[0].exists():
+        return None
+    config = checkpoint_config(stem)  # the sizes, to build the model first
     vm = VocabMap(tuple(config["kept"]), config["unk"], config["teacher_size"])
     sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in config["sizes"].items()}
     model = make_student(config["kind"], vm.size, None, seed=0, **sizes)
-    load_checkpoint(model, checkpoints_dir() / name)
+    load_checkpoint(model, stem)
     return model.eval(), vm
