@@ -26,6 +26,7 @@ from kdhelpers.folders import (
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
+from kdhelpers.validate import check_int
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -47,6 +48,7 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for every example, in input order, computed in eval mode without gradients (float32,
     CPU), as an ordinary tensor (not an inference-mode one, which training code could not use)."""
+    batch_size = check_int("batch_size", batch_size, 1)
     return _inference_logits(
         model, input_ids, batch_size, device, sort_by_length, pad_id, progress
     ).clone()

@@ -13,14 +13,28 @@ import math
 import pytest
 import torch
 
+from kdhelpers import session
+from kdhelpers.augment import augment_token_ids
 from kdhelpers.chapters import lm
-from kdhelpers.chapters.distributed import shared_teacher_logits
-from kdhelpers.chapters.headline import load_headline_student
+from kdhelpers.chapters.distributed import DistillConfig, epoch_order, shared_teacher_logits
+from kdhelpers.chapters.headline import (
+    HeadlinePlan,
+    TransferRecipe,
+    VocabMap,
+    compact_vocabulary,
+    embedding_neighbours,
+    load_headline_student,
+)
 from kdhelpers.chapters.recipes import TextSplit, teacher_logits
+from kdhelpers.chapters.selftrain import drop_tokens, target_domain
+from kdhelpers.device import seed_everything
 from kdhelpers.divergences import forward_kl, generalized_jsd, reverse_kl
+from kdhelpers.headlines import latency_history_text
+from kdhelpers.latency import LatencyStats, speedup
 from kdhelpers.losses import attention_transfer_loss, hidden_cosine_loss, hidden_mse_loss
 from kdhelpers.models import BagOfEmbeddingsStudent
-from kdhelpers.pseudo import cache_logits, data_fingerprint, model_fingerprint
+from kdhelpers.numfmt import num, pct, ratio
+from kdhelpers.pseudo import cache_logits, data_fingerprint, model_fingerprint, predict_logits
 from kdhelpers.results import load_results, save_results
 from kdhelpers.stats import spearman_interval, split_half_agreement
 
@@ -352,3 +366,134 @@ def test_class3_inside_refuses_every_way_out(name, message, tmp_path):
     with pytest.raises(TypeError, match="name must be a file name"):
         inside(tmp_path, 5, "name")
     assert inside(tmp_path, "sub/a.json", "name") == tmp_path / "sub" / "a.json"
+
+
+# ---------------------------------------------------------------- class 5: errors that name the argument
+
+
+def _tiny_lm():
+    return lm.make_lm(vocab_size=20, n_positions=16, n_embd=8, n_layer=1, n_head=1)
+
+
+_RECIPE = TransferRecipe(tang_copies=0, neighbour_copies=0)
+_SEED_RANGE = r"seed must be an int seed in \[0, 2\*\*63 - 1\]"
+
+CLASS5 = [
+    pytest.param(
+        lambda: lm.lm_logits(_tiny_lm(), torch.zeros(1, 0, dtype=torch.long), torch.ones(1, 0)),
+        (ValueError, r"input_ids must have shape \(batch, seq\) .* empty sequence"),
+        id="lm-logits-of-an-empty-sequence",
+    ),
+    pytest.param(
+        lambda: lm.project_logits(torch.randn(2, 5), torch.tensor([0.0, 1, 1, 0, 1]), 2),
+        (TypeError, r"mapping must hold integer target ids \(got dtype torch.float32\)"),
+        id="project-logits-float-mapping",
+    ),
+    pytest.param(
+        lambda: predict_logits(_tiny_teacher(), _INPUT_IDS, batch_size=0, sort_by_length=False),
+        (ValueError, r"batch_size must be an int >= 1 \(got 0\)"),
+        id="predict-logits-unsorted-batch-size-0",
+    ),
+    pytest.param(
+        lambda: seed_everything(2**64), (ValueError, _SEED_RANGE), id="seed-everything-2**64"
+    ),
+    pytest.param(
+        lambda: session.start("quick", 2**64, "cpu"),
+        (ValueError, _SEED_RANGE),
+        id="session-start-2**64",
+    ),
+    pytest.param(
+        lambda: epoch_order(5, 2**64, 0), (ValueError, _SEED_RANGE), id="epoch-order-2**64"
+    ),
+    pytest.param(lambda: len(epoch_order(5, 2**62, 1)), 5, id="epoch-order-large-valid-seed-works"),
+    pytest.param(
+        lambda: augment_token_ids([[1, 2, 3]], seed=2**64),
+        (ValueError, _SEED_RANGE),
+        id="augment-2**64",
+    ),
+    pytest.param(
+        lambda: drop_tokens([[1, 2, 3]], special_ids=(1,), seed=2**64),
+        (ValueError, _SEED_RANGE),
+        id="drop-tokens-2**64",
+    ),
+    pytest.param(
+        lambda: DistillConfig(alpha="0.5"),
+        (TypeError, "alpha must be a number .* float"),
+        id="distill-config-string-alpha",
+    ),
+    pytest.param(
+        lambda: latency_history_text([{"speedup_b1": None, "note": "retimed"}]),
+        (TypeError, r"history\[0\]\['speedup_b1'\] must be a number \(got NoneType None\)"),
+        id="latency-history-null-median",
+    ),
+    pytest.param(
+        lambda: latency_history_text(
+            [
+                {
+                    "speedup_b1": 11.8,
+                    "note": "alone",
+                    "repeats": [{"speedup_b1": 11.9}, {"speedup_b1": None}],
+                }
+            ]
+        ),
+        (TypeError, r"history\[0\]\['repeats'\]\[1\]\['speedup_b1'\]"),
+        id="latency-history-null-repeat",
+    ),
+    pytest.param(
+        lambda: speedup(LatencyStats("a", None, 1.0, 2.0, 200, 1, 1, 10), None),
+        (TypeError, "median_ms must be a number"),
+        id="latency-stats-null-median",
+    ),
+    pytest.param(
+        lambda: compact_vocabulary([[1, 2]], 10, special_ids=(0, 50), unk_id=3),
+        (ValueError, r"special_ids\[1\] must be an int in \[0, 9\] \(got 50\)"),
+        id="compact-vocabulary-special-id-outside-the-table",
+    ),
+    pytest.param(
+        lambda: compact_vocabulary([[1, 2]], 10, special_ids=(0,), unk_id=30),
+        (ValueError, r"unk_id must be an int in \[0, 9\] \(got 30\)"),
+        id="compact-vocabulary-unk-outside-the-table",
+    ),
+    pytest.param(
+        lambda: VocabMap((0, 3, 50), 3, 10).lookup(),
+        (ValueError, r"kept\[2\] must be an int in \[0, 9\] \(got 50\)"),
+        id="vocab-map-kept-outside-the-table",
+    ),
+    pytest.param(
+        lambda: embedding_neighbours(torch.randn(10, 4), [1, 2, 30], k=1),
+        (ValueError, r"candidates\[2\] must be an int in \[0, 9\] \(got 30\)"),
+        id="neighbour-candidate-outside-the-table",
+    ),
+    pytest.param(
+        lambda: embedding_neighbours(torch.randn(10, 4), [1, 2, -3], k=1),
+        (ValueError, r"candidates\[2\] must be an int in \[0, 9\] \(got -3\)"),
+        id="neighbour-candidate-negative",
+    ),
+    pytest.param(
+        lambda: HeadlinePlan(recipe=_RECIPE, sizes=(0,), seeds=0, epochs=1),
+        (TypeError, r"seeds must be a tuple or list, e\.g\. seeds=\(0, 1, 2\) \(got int 0\)"),
+        id="headline-plan-int-seeds",
+    ),
+    pytest.param(
+        lambda: HeadlinePlan(recipe=_RECIPE, sizes=[0], seeds=[0, 1], epochs=1).seeds,
+        (0, 1),
+        id="headline-plan-list-seeds-work",
+    ),
+    pytest.param(
+        lambda: target_domain("movies", None, 16, select_share=1.0),
+        (ValueError, "select_share must be < 1 .* no text to learn from"),
+        id="target-domain-select-share-1",
+    ),
+    pytest.param(lambda: num(1.5e120), "15" + "0" * 119 + ".000", id="num-1.5e120"),
+    pytest.param(lambda: pct(-1.5e120, 0), "-15" + "0" * 121 + "%", id="pct-minus-1.5e120"),
+    pytest.param(lambda: ratio(1.5e120), "15" + "0" * 119 + "x", id="ratio-1.5e120"),
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), CLASS5)
+def test_class5_bad_arguments_are_named_at_the_public_boundary(call, expected):
+    if isinstance(expected, tuple) and len(expected) == 2 and isinstance(expected[0], type):
+        with pytest.raises(expected[0], match=expected[1]):
+            call()
+        return
+    assert call() == expected
