@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from kdhelpers.validate import check_seed
+
 
 def augment_token_ids(
     input_ids: Sequence[Sequence[int]],
@@ -25,7 +27,7 @@ def augment_token_ids(
             raise ValueError(f"{name} must be in [0, 1] (got {p})")
     if not isinstance(n_copies, int) or n_copies < 0:
         raise ValueError(f"n_copies must be a non-negative int (got {n_copies!r})")
-    rng = random.Random(seed)
+    rng = random.Random(check_seed("seed", seed))
     special = set(special_ids)
     out: list[list[int]] = []
     for ids in input_ids:

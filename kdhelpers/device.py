@@ -43,9 +43,12 @@ def _mps_available() -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) for a repeatable run."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int (got {seed!r})")
+    """Seed Python, NumPy and torch (all devices) for a repeatable run; `seed` an int in [0, 2**63 - 1]."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be an int seed in [0, 2**63 - 1] (got {type(seed).__name__} {seed!r})"
+        )
+    seed = check_seed("seed", seed)  # 2**64 overflowed inside torch.manual_seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

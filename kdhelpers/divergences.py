@@ -16,7 +16,9 @@ tests/test_divergences.py against TRL itself):
 * Reduction: sum over the vocabulary, mean over the positions the mask keeps (padding, prompts
   excluded); without a mask, mean over all positions.
 * Everything is computed in log-space (log_softmax, the mixture via logsumexp), in float32 or
-  the input's wider dtype. The teacher's logits are constants (detached).
+  the input's wider dtype (float64 inside where logits / T would overflow float32, e.g. logits
+  near 3e38; a result beyond float32 raises ValueError). The teacher's logits are constants
+  (detached).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from kdhelpers.numerics import softmax_dtype, to_float32
 from kdhelpers.validate import (
     check_float_tensor,
     check_int,
@@ -86,10 +89,34 @@ def _check_beta(beta: object) -> float:
     return check_number("beta", beta, 0.0, 1.0)
 
 
-def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) in float32 or wider."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
+def _log_probs(logits: torch.Tensor, temperature: float, wide: bool) -> torch.Tensor:
+    """log softmax(logits / T) in float32 or wider (float64 when `wide`)."""
+    dtype = torch.promote_types(logits.dtype, torch.float64 if wide else torch.float32)
     return F.log_softmax(logits.to(dtype) / temperature, dim=-1)
+
+
+def _log_prob_pair(
+    s: torch.Tensor, t: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """(log q, log p) of the student and the (detached) teacher, and the dtype the result is returned in.
+
+    float32 or the inputs' wider dtype, as always; float64 inside when a row's span / T would overflow
+    float32 (logits near 3e38), where float32 gives -inf log-probabilities and 0 * inf = NaN.
+    """
+    out = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
+    wide = softmax_dtype(temperature, {"student_logits": s, "teacher_logits": t}, out) != out
+    return _log_probs(s, temperature, wide), _log_probs(t.detach(), temperature, wide), out
+
+
+def _result(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """The divergence in the dtype it is returned in (ValueError when it overflows that dtype)."""
+    if value.dtype == dtype:
+        return value
+    return to_float32(
+        value,
+        what,
+        "the logits are too far apart for this temperature; rescale them or raise the temperature",
+    )
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -122,7 +149,8 @@ def forward_kl(
     s, t = _check_pair(student_logits, teacher_logits)
     mask = _check_positions_mask(mask, s)
     temperature = check_temperature("temperature", temperature)
-    return _reduce(_kl(_log_probs(t.detach(), temperature), _log_probs(s, temperature)), mask)
+    log_q, log_p, dtype = _log_prob_pair(s, t, temperature)
+    return _result(_reduce(_kl(log_p, log_q), mask), dtype, "the forward KL")
 
 
 def reverse_kl(
@@ -135,7 +163,8 @@ def reverse_kl(
     s, t = _check_pair(student_logits, teacher_logits)
     mask = _check_positions_mask(mask, s)
     temperature = check_temperature("temperature", temperature)
-    return _reduce(_kl(_log_probs(s, temperature), _log_probs(t.detach(), temperature)), mask)
+    log_q, log_p, dtype = _log_prob_pair(s, t, temperature)
+    return _result(_reduce(_kl(log_q, log_p), mask), dtype, "the reverse KL")
 
 
 def generalized_jsd(
@@ -155,10 +184,8 @@ def generalized_jsd(
     mask = _check_positions_mask(mask, s)
     beta = _check_beta(beta)
     temperature = check_temperature("temperature", temperature)
-    per_position = _jsd_positions(
-        _log_probs(s, temperature), _log_probs(t.detach(), temperature), beta
-    )
-    return _reduce(per_position, mask)
+    log_q, log_p, dtype = _log_prob_pair(s, t, temperature)
+    return _result(_reduce(_jsd_positions(log_q, log_p, beta), mask), dtype, "the JSD")
 
 
 @dataclass(frozen=True)

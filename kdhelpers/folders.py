@@ -59,6 +59,45 @@ def ensure_folder(folder: Path | str, env: str, what: str, argument: str | None 
     return path
 
 
+def check_inside(folder: Path | str, path: Path | str, what: str) -> Path:
+    """`path` unchanged, or ValueError naming `what` when it resolves (symlinks followed) outside
+    `folder` or to the folder itself."""
+    base = Path(folder).expanduser().resolve()
+    target = Path(path).expanduser().resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(
+            f"{what} leads to {target}, outside the folder {base} it must stay in (a symlink "
+            "pointing elsewhere?): name a file inside the folder"
+        )
+    return Path(path)
+
+
+def inside(folder: Path | str, name: object, what: str) -> Path:
+    """`folder / name` for a name read from a record or an argument, checked to stay inside `folder`.
+
+    Refused with ValueError naming `what` (the argument or record field): a name that is not a
+    non-empty string, holds a NUL byte, is absolute, has a '..' part, or resolves (through a
+    symlink) outside the folder. A name may name a file in a subfolder ('runs/a.json').
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{what} must be a file name (a string) (got {type(name).__name__} {name!r})"
+        )
+    if not name.strip() or "\x00" in name:
+        raise ValueError(f"{what} must be a non-empty file name (got {name!r})")
+    relative = Path(name)
+    if relative.is_absolute() or relative.anchor:
+        raise ValueError(
+            f"{what} is an absolute path ({name!r}): give a name inside {folder}, not a path"
+        )
+    if ".." in relative.parts:
+        raise ValueError(
+            f"{what} ({name!r}) has a '..' part and would leave the folder {folder}: "
+            "give a plain name inside it"
+        )
+    return check_inside(folder, Path(folder) / relative, what)
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine (a process we may not signal counts as alive)."""
     if pid <= 0:

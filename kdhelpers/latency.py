@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from kdhelpers.numfmt import ratio
-from kdhelpers.validate import check_int, check_token_ids, check_token_lists, vocab_size_of
+from kdhelpers.validate import (
+    check_int,
+    check_number,
+    check_token_ids,
+    check_token_lists,
+    vocab_size_of,
+)
 
 #: Fewest different inputs (timed passes at batch 1) a latency claim is based on.
 MIN_INPUTS = 200
@@ -45,6 +51,13 @@ class LatencyStats:
     batch_size: int
     warmup: int
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        # a record read back from JSON may hold null (NaN is written as null) or a string
+        for key in ("median_ms", "q25_ms", "q75_ms"):
+            check_number(key, getattr(self, key), 0.0)
+        for key, low in (("n", 1), ("threads", 1), ("batch_size", 1), ("warmup", 0)):
+            check_int(key, getattr(self, key), low)
 
     @property
     def iqr_ms(self) -> float:

@@ -7,9 +7,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdhelpers.numerics import (
+    as_float32_input,
+    check_finite_module,
+    cosine_rows,
+    mean_squared_error,
+    scaled_span,
+    to_float32,
+)
 from kdhelpers.validate import (
     check_class_labels,
     check_float_tensor,
+    check_number,
     check_real_device,
     check_temperature,
     to_device_of,
@@ -19,7 +28,6 @@ from kdhelpers.validate import (
 _FLOAT32_MAX_TEMPERATURE = 64.0
 #: ... and while every row's logit span (max - min) divided by T stays below this (no float32 overflow).
 _FLOAT32_MAX_SCALED_SPAN = 1e30
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: The float32 KD value is kept when it exceeds this many times its rounding-error bound (else float64).
 _FLOAT32_TRUST = 1e3
 
@@ -54,12 +62,7 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def _scaled_span(temperature: float, *tensors: torch.Tensor) -> float:
-    """The largest (max - min) of a row of any tensor, divided by the temperature (computed in float64)."""
-    spans = [
-        float((x.detach().double().amax(-1) - x.detach().double().amin(-1)).max()) for x in tensors
-    ]
-    return max(spans) / temperature
+_scaled_span = scaled_span  # the largest row span (max - min) / T, in float64 (kdhelpers.numerics)
 
 
 def _fits_float32(temperature: float, *tensors: torch.Tensor) -> bool:
@@ -85,12 +88,11 @@ def _float32_error_bound(temperature: float, *tensors: torch.Tensor) -> float:
 
 def _as_float32(value: torch.Tensor, what: str) -> torch.Tensor:
     """A float64 result cast to float32, with a clear error when it does not fit."""
-    if bool(value.detach().abs().max() > _FLOAT32_MAX):
-        raise ValueError(
-            f"{what} ({float(value.detach().max()):.3g}) overflows float32: the logits are too large "
-            "for this temperature; rescale them (e.g. standardise the model outputs)"
-        )
-    return value.float()
+    return to_float32(
+        value,
+        what,
+        "the logits are too large for this temperature; rescale them (e.g. standardise the model outputs)",
+    )
 
 
 def _log_softmax64(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -290,12 +292,13 @@ def _project(
             "both models must read the same tokens"
         )
     if projection is None:
-        mapped = student_hidden.float()
+        mapped = as_float32_input("student_hidden", student_hidden)
     else:
         if not callable(projection):
             raise TypeError(
                 f"projection must be callable, e.g. an nn.Linear (got {type(projection).__name__})"
             )
+        check_finite_module("projection", projection)
         params = list(projection.parameters()) if isinstance(projection, torch.nn.Module) else []
         dtype = params[0].dtype if params else torch.float32
         width = student_hidden.shape[-1]
@@ -320,6 +323,11 @@ def _project(
         if not isinstance(mapped, torch.Tensor):
             raise TypeError(f"projection must return a tensor (got {type(mapped).__name__})")
         mapped = mapped.float()
+        if not bool(torch.isfinite(mapped.detach()).all()):
+            raise ValueError(
+                "projection maps the finite student_hidden to NaN or Inf (beyond float32): its "
+                "weights or the states are too large; rescale the states (e.g. standardise them)"
+            )
     if tuple(mapped.shape) != tuple(teacher_hidden.shape):
         hint = (
             ""
@@ -346,10 +354,15 @@ def hidden_mse_loss(
     """
     mapped = _project(student_hidden, teacher_hidden, projection)
     mask = _check_mask(mask, mapped)
-    sq = (mapped - teacher_hidden.detach().float()) ** 2
+    target = as_float32_input("teacher_hidden", teacher_hidden.detach())
     if mask is not None:
-        sq = sq[mask]
-    return sq.mean()
+        mapped, target = mapped[mask], target[mask]
+    return mean_squared_error(
+        mapped,
+        target,
+        "the mean squared difference of the (projected) student_hidden and teacher_hidden",
+        "the states are too large; standardise them (features.standardise_hidden)",
+    )
 
 
 def hidden_cosine_loss(
@@ -360,13 +373,17 @@ def hidden_cosine_loss(
     eps: float = 1e-8,
 ) -> torch.Tensor:
     """1 - cosine similarity between each (projected) student token state and the teacher's, averaged
-    over unmasked tokens."""
+    over unmasked tokens.
+
+    The cosine is a.b / max(|a| |b|, eps) (eps >= 0), exact for states of any float32 size (float64
+    inside where float32 would overflow or underflow); a zero state has cosine 0 with every state,
+    so its loss is 1, with eps = 0 as with eps > 0 (the limit as eps -> 0+).
+    """
+    eps = check_number("eps", eps, 0.0)
     mapped = _project(student_hidden, teacher_hidden, projection)
     mask = _check_mask(mask, mapped)
-    target = teacher_hidden.detach().float()
-    dot = (mapped * target).sum(-1)
-    norms = (mapped.norm(dim=-1) * target.norm(dim=-1)).clamp(min=eps)
-    per_token = 1.0 - dot / norms
+    target = as_float32_input("teacher_hidden", teacher_hidden.detach())
+    per_token = 1.0 - cosine_rows(mapped, target, eps)
     if mask is not None:
         per_token = per_token[mask]
     return per_token.mean()
@@ -405,9 +422,12 @@ def attention_transfer_loss(
     When the head counts differ, both maps are averaged over heads first. Padded tokens (mask == 0)
     are dropped as queries and as keys. 'kl' sums over keys and averages over heads and unmasked
     query rows; 'mse' averages the squared differences over heads and unmasked (query, key) pairs.
+    `eps` (>= 0) floors the student's probabilities inside the log; a key the teacher gives 0 adds
+    0 (0 log 0 = 0), and with eps = 0 a student 0 where the teacher attends (an infinite KL) is refused.
     """
     if not isinstance(kind, str) or kind not in ATTENTION_KINDS:
         raise ValueError(f"kind must be one of {ATTENTION_KINDS} (got {kind!r})")
+    eps = check_number("eps", eps, 0.0)
     what = "(batch, heads, seq, seq)"
     _check_states("student_attn", student_attn, 4, what)
     _check_states("teacher_attn", teacher_attn, 4, what)
@@ -448,7 +468,15 @@ def attention_transfer_loss(
     keys = mask[:, None, None, :].to(s.dtype)  # padded keys contribute nothing
     rows = mask[:, None, :].expand(s.shape[0], s.shape[1], s.shape[2])  # (batch, heads, query)
     if kind == "kl":
-        per_pair = torch.xlogy(t, t) - t * torch.log(s.clamp(min=eps))
+        # only unmasked keys the teacher attends to enter t * log(s): 0 * log(0) is 0, not NaN
+        used = (t > 0) & mask[:, None, None, :]
+        if eps == 0.0 and bool((used & (s == 0)).any()):
+            raise ValueError(
+                "student_attn gives probability 0 to a key that teacher_attn attends to: with eps=0 "
+                "the KL is infinite; keep the default eps (1e-12) or pass eps > 0"
+            )
+        log_s = torch.log(torch.where(used, s.clamp(min=eps), torch.ones_like(s)))
+        per_pair = torch.xlogy(t, t) - torch.where(used, t * log_s, torch.zeros_like(s))
         per_row = (per_pair * keys).sum(-1)
         return per_row[rows].mean()
     sq = ((s - t) ** 2 * keys).sum(-1)[rows]

@@ -29,7 +29,9 @@ MISSING = "n/a"
 #: Significant digits a float is read to before rounding (removes float noise, keeps real digits).
 READ_DIGITS = 12
 
-_CONTEXT = Context(prec=100, rounding=ROUND_HALF_UP)  # wide enough that quantize never overflows
+#: Digits quantize may need: a float's 309 integer digits (x 100 for a percentage: 311) plus up to
+#: 12 decimals; 100 made every value above about 1e88 (1.5e120 in the attack) raise InvalidOperation.
+_CONTEXT = Context(prec=400, rounding=ROUND_HALF_UP)
 
 
 def _decimal(name: str, value: object) -> Decimal | None:

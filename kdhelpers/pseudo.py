@@ -16,10 +16,17 @@ from torch import nn
 from kdhelpers.batching import pad_collate
 from kdhelpers.checkpoints import tensor_digest
 from kdhelpers.device import autocast, get_device
-from kdhelpers.folders import ensure_folder, make_temp, remove_stale_temp, unwritable_error
+from kdhelpers.folders import (
+    ensure_folder,
+    inside,
+    make_temp,
+    remove_stale_temp,
+    unwritable_error,
+)
 from kdhelpers.losses import soft_targets
 from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
+from kdhelpers.validate import check_int
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -41,6 +48,7 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for every example, in input order, computed in eval mode without gradients (float32,
     CPU), as an ordinary tensor (not an inference-mode one, which training code could not use)."""
+    batch_size = check_int("batch_size", batch_size, 1)
     return _inference_logits(
         model, input_ids, batch_size, device, sort_by_length, pad_id, progress
     ).clone()
@@ -191,14 +199,14 @@ def cache_logits(
 ) -> CachedLogits:
     """Teacher logits for the examples, from disk when the (teacher, data, ids, order) key and the
     stored digest match."""
-    if not name or any(c in name for c in "/\\"):
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
         raise ValueError(f"name must be a plain file-name stem (got {name!r})")
     teacher_sha = model_fingerprint(teacher)
     data_sha = data_fingerprint(ids, input_ids)
     fingerprint = hashlib.sha256((teacher_sha + data_sha).encode()).hexdigest()
     folder = ensure_folder(cache_dir, CACHE_ENV, "logit cache")
     remove_stale_temp(folder)
-    path = folder / f"{name}-{fingerprint[:16]}.safetensors"
+    path = inside(folder, f"{name}-{fingerprint[:16]}.safetensors", "name")
     if path.exists():
         cached = _read_cache(path, fingerprint, len(ids))
         if cached is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kdhelpers.folders import inside
 from kdhelpers.paths import committed_results_dir, results_dir
 
 
@@ -73,7 +74,7 @@ def save_results(
         "metrics": _plain(dict(metrics)),
         "details": _plain(dict(details or {})),
     }
-    target = folder / f"{notebook}.json"
+    target = inside(folder, f"{notebook}.json", "notebook")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{notebook}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -92,7 +93,7 @@ def load_results(
     _check_notebook_name(notebook)
     folders = [Path(folder)] if folder is not None else [results_dir(), committed_results_dir()]
     for place in folders:
-        path = place / f"{notebook}.json"
+        path = inside(place, f"{notebook}.json", "notebook")
         if not path.exists():
             continue
         record = json.loads(path.read_text())

@@ -436,6 +436,16 @@ class SplitHalf:
         }
 
 
+def _check_varies(name: str, values: np.ndarray, why: str) -> None:
+    """ValueError saying `name` has no variation (all values equal) when it has none: a rank
+    correlation with a constant is 0 / 0, undefined, and the helpers refuse it rather than return NaN."""
+    if values.size and float(np.ptp(values)) == 0.0:
+        raise ValueError(
+            f"{name} has no variation: all {values.size} values are {num(float(values[0]), 4)}, so "
+            f"{why} is undefined (0 / 0); there is nothing to correlate"
+        )
+
+
 def _positive_share(scores: np.ndarray) -> float:
     """The share of non-zero ratings that are positive (0.5 when all are 0)."""
     nonzero = scores[scores != 0]
@@ -447,7 +457,11 @@ def split_half_agreement(
 ) -> SplitHalf:
     """Split each item's raters at random into two halves, score each half by its share of positive
     (non-zero) ratings, and take the Spearman correlation between the halves over items; the mean over
-    `n_splits` splits, stepped up to the whole panel with Spearman-Brown."""
+    `n_splits` splits, stepped up to the whole panel with Spearman-Brown.
+
+    Degenerate data is refused (ValueError saying why), never returned as NaN: items whose panels
+    all give the same share (e.g. unanimous raters everywhere), a split whose half scores every item
+    alike, and halves that always rank the items in opposite order (r = -1)."""
     n_splits = check_int("n_splits", n_splits, 1)
     seed = check_seed("seed", seed)
     items = [np.asarray(r, dtype=float) for r in rater_scores]
@@ -458,17 +472,34 @@ def split_half_agreement(
         raise ValueError(
             f"every item needs at least 2 ratings to split (item {short[0]} has {items[short[0]].size})"
         )
+    _check_varies(
+        "rater_scores (each item's share of positive ratings)",
+        np.array([_positive_share(r) for r in items]),
+        "the agreement between raters on which items are more positive (unanimous raters?)",
+    )
     rng = np.random.default_rng(seed)
     rs = []
-    for _ in range(n_splits):
+    for k in range(n_splits):
         a, b = np.empty(len(items)), np.empty(len(items))
         for i, r in enumerate(items):
             order = rng.permutation(r.size)
             half = r.size // 2
             a[i], b[i] = _positive_share(r[order[:half]]), _positive_share(r[order[half:]])
+        for which, half_scores in (("first", a), ("second", b)):
+            _check_varies(
+                f"the {which} half of split {k} (seed {seed})",
+                half_scores,
+                "the Spearman correlation between the halves (too few items or raters to split)",
+            )
         rs.append(float(_scipy_stats.spearmanr(a, b).statistic))
     r = float(np.mean(rs))
-    full = 2 * r / (1 + r) if r > -1 else float("nan")
+    if r <= -1:
+        raise ValueError(
+            f"the halves of every split rank the {len(items)} items in exactly opposite order "
+            "(mean Spearman -1): the Spearman-Brown step-up 2r / (1 + r) is undefined; "
+            "use more items or raters"
+        )
+    full = 2 * r / (1 + r)
     return SplitHalf(r, full, math.sqrt(full) if full > 0 else 0.0, len(items), n_splits)
 
 
@@ -502,7 +533,10 @@ def spearman_interval(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Correlation:
-    """Spearman's correlation of x and y with a percentile-bootstrap interval over the items."""
+    """Spearman's correlation of x and y with a percentile-bootstrap interval over the items.
+
+    A constant x or y (no variation: the correlation is 0 / 0) is refused with a ValueError rather
+    than returned as NaN; resamples that happen to draw one value only are left out of the interval."""
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xa.ndim != 1 or xa.shape != ya.shape:
         raise ValueError(f"x and y must be 1-d and of the same length (got {xa.shape}, {ya.shape})")
@@ -510,6 +544,8 @@ def spearman_interval(
         raise ValueError("x and y need at least 3 finite values each")
     n_resamples = check_int("n_resamples", n_resamples, 100)
     confidence = _check_confidence(confidence)
+    for name, values in (("x", xa), ("y", ya)):
+        _check_varies(name, values, "Spearman's correlation")
     rng = np.random.default_rng(check_seed("seed", seed))
     # each resample is ranked afresh, so ties among repeated items are handled as scipy does
     boot = np.empty(n_resamples)
@@ -517,6 +553,11 @@ def spearman_interval(
         idx = rng.integers(0, xa.size, xa.size)
         boot[i] = _scipy_stats.spearmanr(xa[idx], ya[idx]).statistic
     alpha = 1 - confidence
+    if np.isnan(boot).all():  # every resample drew items of one value: no interval to give
+        raise ValueError(
+            f"every bootstrap resample of the {xa.size} items has no variation in x or y: "
+            "the interval is undefined; use more items"
+        )
     low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2])
     return Correlation(
         float(_scipy_stats.spearmanr(xa, ya).statistic),

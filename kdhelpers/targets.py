@@ -8,6 +8,7 @@ from typing import Any
 
 from kdhelpers.numfmt import pct, ratio
 from kdhelpers.profiles import PROFILES
+from kdhelpers.validate import check_number
 
 #: The course's compression target: at least this share of the teacher's test accuracy, this many
 #: times fewer parameters and this batch-1 speed-up (chapters 05 and 06, the README).
@@ -66,17 +67,46 @@ def latency_history_text(history: Sequence[Mapping[str, Any]]) -> str:
     spread of its repeats when it is a median): '10.62x (training run); 11.84x (...; 3 repeats,
     11.81x to 11.85x)'."""
     parts = []
-    for m in history:
-        repeats = m.get("repeats") or []
+    for i, (m, repeats) in enumerate(checked_latency_history(history)):
+        if not isinstance(m.get("note"), str):
+            raise TypeError(
+                f"history[{i}]['note'] must say what was measured (got {m.get('note')!r})"
+            )
         spread = (
-            f"; {len(repeats)} repeats, "
-            f"{ratio(min(x['speedup_b1'] for x in repeats), 4)} to "
-            f"{ratio(max(x['speedup_b1'] for x in repeats), 4)}"
+            f"; {len(repeats)} repeats, {ratio(min(repeats), 4)} to {ratio(max(repeats), 4)}"
             if repeats
             else ""
         )
         parts.append(f"{ratio(m['speedup_b1'], 4)} ({m['note']}{spread})")
     return "; ".join(parts)
+
+
+def checked_latency_history(
+    history: Sequence[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], list[float]]]:
+    """Each latency measurement with its repeats' batch-1 speed-ups, after checking that every
+    speed-up (a median) is a number > 0: a JSON null or a string is refused naming its place
+    (history[i]['speedup_b1'], history[i]['repeats'][j]['speedup_b1'])."""
+    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+        raise TypeError(
+            f"history must be a list of latency measurements (got {type(history).__name__})"
+        )
+    out = []
+    for i, m in enumerate(history):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"history[{i}] must be a mapping (got {type(m).__name__})")
+        check_number(f"history[{i}]['speedup_b1']", m.get("speedup_b1"), 0.0, strict_min=True)
+        repeats = [
+            check_number(
+                f"history[{i}]['repeats'][{j}]['speedup_b1']",
+                r.get("speedup_b1") if isinstance(r, Mapping) else r,
+                0.0,
+                strict_min=True,
+            )
+            for j, r in enumerate(m.get("repeats") or [])
+        ]
+        out.append((m, repeats))
+    return out
 
 
 #: What a verdict line says in the quick profile, which is a smoke test of the code, not a result.

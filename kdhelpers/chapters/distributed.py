@@ -33,7 +33,13 @@ from kdhelpers.losses import kd_kl
 from kdhelpers.progress import progress_bar
 from kdhelpers.pseudo import CachedLogits, cache_logits
 from kdhelpers.train import OptimiserStep, adamw_with_warmup, forward_logits
-from kdhelpers.validate import check_optimiser_settings
+from kdhelpers.validate import (
+    check_int,
+    check_number,
+    check_optimiser_settings,
+    check_seed,
+    check_temperature,
+)
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,19 @@ class DistillConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int (got {value!r})")
+        # checked, not converted: the config's values (and its asdict record) stay as given
+        check_number("alpha", self.alpha, 0.0, 1.0)
+        check_temperature("temperature", self.temperature)
+        check_seed("seed", self.seed)
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
         check_optimiser_settings(self)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
         if self.normalisation not in ("step", "micro-batch"):
             raise ValueError(
                 f"normalisation must be 'step' or 'micro-batch' (got {self.normalisation!r})"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (got {self.temperature})")
 
     @property
     def micro_batch_size(self) -> int:
@@ -156,7 +162,10 @@ def step_loss(
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The same seeded permutation of range(n) on every rank, different for each epoch."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    n, seed, epoch = check_int("n", n, 0), check_seed("seed", seed), check_int("epoch", epoch, 0)
+    # torch seeds are 64-bit: the combined seed wraps (unchanged below 2**64, i.e. for every
+    # seed < 1.8e14), so large seeds work instead of overflowing
+    generator = torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**64)
     return torch.randperm(n, generator=generator).tolist()
 
 

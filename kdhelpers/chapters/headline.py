@@ -34,6 +34,7 @@ from kdhelpers.checkpoints import (
     save_checkpoint,
 )
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
+from kdhelpers.folders import check_inside, inside
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.models import count_parameters, project_teacher_embeddings
 from kdhelpers.paths import benchmarks_dir, cache_dir, checkpoints_dir
@@ -55,7 +56,13 @@ from kdhelpers.teacher import (
 )
 from kdhelpers.train import make_kd_loss
 from kdhelpers.transfer import concat_splits
-from kdhelpers.validate import check_int, check_number, check_seed, check_token_lists
+from kdhelpers.validate import (
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_seed,
+    check_token_lists,
+)
 
 #: The VADER domains besides movies: their sentences are extra unlabelled text for the transfer set.
 OTHER_DOMAINS = tuple(d for d in VADER_DOMAINS if d != "movies")
@@ -73,6 +80,10 @@ class VocabMap:
     teacher_size: int
 
     def __post_init__(self) -> None:
+        size = check_int("teacher_size", self.teacher_size, 2)
+        for i, t in enumerate(self.kept):
+            check_int(f"kept[{i}]", t, 0, size - 1)  # a row of the teacher's embedding table
+        check_int("unk", self.unk, 0, size - 1)
         if len(set(self.kept)) != len(self.kept):
             raise ValueError("kept holds a token id twice")
         if self.unk not in self.kept:
@@ -108,6 +119,14 @@ def compact_vocabulary(
 ) -> VocabMap:
     """Keep the special ids (padding first, as id 0) and every id that occurs in `seqs`, in id order."""
     check_int("teacher_size", teacher_size, 2)
+    if isinstance(special_ids, (str, bytes)) or not isinstance(special_ids, Iterable):
+        raise TypeError(
+            f"special_ids must be a list of token ids (got {type(special_ids).__name__})"
+        )
+    special_ids = [
+        check_int(f"special_ids[{i}]", t, 0, teacher_size - 1) for i, t in enumerate(special_ids)
+    ]
+    unk_id = check_int("unk_id", unk_id, 0, teacher_size - 1)
     seen: set[int] = set()
     for s in seqs:
         seen.update(s)
@@ -126,6 +145,16 @@ def embedding_neighbours(
 ) -> dict[int, list[int]]:
     """For each candidate id, its k nearest other candidates by cosine similarity of `table` rows."""
     check_int("k", k, 1)
+    check_int("chunk", chunk, 1)
+    table = check_float_tensor("table", table)
+    if table.dim() != 2:
+        raise ValueError(
+            f"table must be an embedding table of shape (vocabulary, dim) (got {tuple(table.shape)})"
+        )
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Iterable):
+        raise TypeError(f"candidates must be a list of token ids (got {type(candidates).__name__})")
+    rows = table.shape[0]
+    candidates = [check_int(f"candidates[{i}]", t, 0, rows - 1) for i, t in enumerate(candidates)]
     ids = torch.tensor(sorted(set(candidates)), dtype=torch.long)
     if len(ids) <= k:
         raise ValueError(f"need more than k = {k} candidates (got {len(ids)})")
@@ -372,21 +401,33 @@ class HeadlinePlan:
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, TransferRecipe):
             raise TypeError(f"recipe must be a TransferRecipe (got {type(self.recipe).__name__})")
+        for name, example in (
+            ("sizes", "(6000, 0)"),
+            ("seeds", "(0, 1, 2)"),
+            ("lr_grid", "(1e-3,)"),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+                raise TypeError(
+                    f"{name} must be a tuple or list, e.g. {name}={example} "
+                    f"(got {type(value).__name__} {value!r})"
+                )
+            object.__setattr__(self, name, tuple(value))  # a list becomes the tuple it stands for
+        for i, n in enumerate(self.sizes):
+            check_int(f"sizes[{i}]", n, 0)
         if not self.sizes or self.sizes[-1] != 0:
             raise ValueError(f"sizes must end with 0 (every row) (got {self.sizes!r})")
-        for n in self.sizes:
-            check_int("sizes[...]", n, 0)
         if len(self.seeds) < 1:
             raise ValueError("seeds must hold at least one seed")
-        for s in self.seeds:
-            check_seed("seeds[...]", s)
+        for i, s in enumerate(self.seeds):
+            check_seed(f"seeds[{i}]", s)
         check_int("epochs", self.epochs, 1)
         check_int("latency_inputs", self.latency_inputs, 1)
         if self.kind not in HEADLINE_STUDENTS:
             raise ValueError(f"kind must be one of {sorted(HEADLINE_STUDENTS)} (got {self.kind!r})")
         check_number("lr", self.lr, 0.0, strict_min=True)
-        for lr in self.lr_grid:
-            check_number("lr_grid[...]", lr, 0.0, strict_min=True)
+        for i, lr in enumerate(self.lr_grid):
+            check_number(f"lr_grid[{i}]", lr, 0.0, strict_min=True)
         if len(set(self.lr_grid)) != len(self.lr_grid):
             raise ValueError(f"lr_grid holds a learning rate twice (got {self.lr_grid!r})")
         if self.ablation and len(self.sizes) < 2:
@@ -753,11 +794,19 @@ def load_headline_student(record: Mapping[str, Any]) -> tuple[torch.nn.Module, V
     """The headline run's seed-0 student (CPU, eval mode) and its compact vocabulary, from the
     checkpoint the run saved; None when this machine does not hold it (run scripts/headline_run.py)."""
     name = record.get("student_checkpoint")
-    if not name or not checkpoint_paths(checkpoints_dir() / name)[0].exists():
+    if not name:
         return None
-    config = checkpoint_config(checkpoints_dir() / name)  # the sizes, to build the model first
+    what = "record['student_checkpoint']"
+    folder = checkpoints_dir()
+    stem = inside(folder, name, what)
+    files = checkpoint_paths(stem)
+    for path in files:  # neither file may be a symlink out of the checkpoint folder
+        check_inside(folder, path, what)
+    if not files[0].exists():
+        return None
+    config = checkpoint_config(stem)  # the sizes, to build the model first
     vm = VocabMap(tuple(config["kept"]), config["unk"], config["teacher_size"])
     sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in config["sizes"].items()}
     model = make_student(config["kind"], vm.size, None, seed=0, **sizes)
-    load_checkpoint(model, checkpoints_dir() / name)
+    load_checkpoint(model, stem)
     return model.eval(), vm

@@ -32,7 +32,7 @@ from kdhelpers.students import STUDENT_KINDS, StudentConfig, make_student, train
 from kdhelpers.teacher import TextSplit, tokenize_splits
 from kdhelpers.train import labels_or_teacher_loss, make_kd_loss
 from kdhelpers.transfer import concat_splits, random_rows
-from kdhelpers.validate import check_int, check_number
+from kdhelpers.validate import check_int, check_number, check_seed
 
 
 def _check_probability(name: str, p: object) -> float:
@@ -94,7 +94,7 @@ def drop_tokens(
     p_drop = _check_probability("p_drop", p_drop)
     n_copies = _check_copies(n_copies)
     special = _check_special_ids(special_ids)
-    rng = random.Random(seed)
+    rng = random.Random(check_seed("seed", seed))
     out: list[list[int]] = []
     for ids in input_ids:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
@@ -344,13 +344,24 @@ def target_domain(
     texts when given), split by `hold_out` into text to learn from and a `select_share` selection
     slice; and its test split. `sizes` go to load_sentiment (n_train=..., n_test=...)."""
     select_share = check_number("select_share", select_share, 0.0, 1.0, strict_min=True)
+    if select_share >= 1.0:
+        raise ValueError(
+            f"select_share must be < 1 (got {select_share}): a share of 1 holds out the whole pool "
+            "for selection and leaves no text to learn from"
+        )
     splits = tokenize_splits(
         load_sentiment(domain, seed=seed, **sizes), tokenizer, max_length=max_length
     )
     pool = unlabelled_pool(splits["train"], splits["unlabeled"])
     if pool_size is not None and check_int("pool_size", pool_size, 2) < len(pool):
         pool = pool.head(pool_size)
-    learn, select = hold_out(pool, max(1, int(select_share * len(pool))), seed=seed)
+    n_select = max(1, int(select_share * len(pool)))
+    if n_select > len(pool) - 1:
+        raise ValueError(
+            f"select_share={select_share} of the {len(pool)}-text pool holds out {n_select} texts "
+            "and leaves none to learn from: lower select_share or use a larger pool"
+        )
+    learn, select = hold_out(pool, n_select, seed=seed)
     return TargetDomain(learn, select, splits["test"])
 
 

@@ -17,7 +17,7 @@ from kdhelpers.course.runner import format_table, read_record, summary_rows
 from kdhelpers.numfmt import num, pct, points, ratio
 from kdhelpers.paths import committed_results_dir, project_root
 from kdhelpers.stats import Comparison, comparison_sentence, interval_text
-from kdhelpers.targets import misses_text, target_text
+from kdhelpers.targets import checked_latency_history, misses_text, target_text
 
 START = "<!-- results: written by `python -m kdhelpers.course readme` from results/; edit there -->"
 END = "<!-- /results -->"
@@ -140,7 +140,7 @@ def _compression(r: Record) -> list[str]:
         student = {"bilstm": "BiLSTM", "cnn": "word-CNN"}.get(m.get("headline_student", ""), "")
         kind = f"a {student} " if student else ""
         misses = d.get("headline_misses", {})
-        history = d.get("headline_latency_history", [])
+        history = [m for m, _ in checked_latency_history(d.get("headline_latency_history", []))]
         lines.append(
             f"- **Headline student (06)**, {d.get('headline_source', 'this run')}: {kind}trained on "
             f"{m['headline_transfer_rows']:,} teacher-labelled rows, it keeps "

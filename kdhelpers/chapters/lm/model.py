@@ -78,6 +78,19 @@ def lm_logits(
 ) -> torch.Tensor:
     """Next-token logits (batch, seq, vocab) of a causal LM on a right-padded batch (ids checked
     against its vocabulary)."""
+    for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
+    if input_ids.dim() != 2 or 0 in input_ids.shape:
+        raise ValueError(
+            f"input_ids must have shape (batch, seq) with at least one sequence of at least one "
+            f"token (got shape {tuple(input_ids.shape)}): an empty sequence has no logits"
+        )
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)} "
+            f"(got {tuple(attention_mask.shape)})"
+        )
     vocab = vocab_size_of(model)
     if vocab is not None:
         check_token_ids("input_ids", input_ids, vocab, "the language model")

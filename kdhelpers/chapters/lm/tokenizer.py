@@ -150,6 +150,11 @@ def project_logits(
         raise ValueError(
             f"mapping must be a 1-d tensor with one entry per source id ({logits.shape[-1]})"
         )
+    if mapping.is_floating_point() or mapping.is_complex() or mapping.dtype == torch.bool:
+        raise TypeError(
+            f"mapping must hold integer target ids (got dtype {mapping.dtype}): build it with "
+            "vocab_map(source, target), or convert it with mapping.long()"
+        )
     _check_int("target_vocab_size", target_vocab_size, 2)
     if mapping.min() < 0 or mapping.max() >= target_vocab_size:
         raise ValueError(f"mapping values must lie in [0, {target_vocab_size - 1}]")

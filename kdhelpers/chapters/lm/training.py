@@ -22,6 +22,7 @@ from kdhelpers.chapters.lm.tokenizer import (
 from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.device import autocast, get_device, seeded
+from kdhelpers.folders import check_inside, inside
 from kdhelpers.paths import checkpoints_dir
 from kdhelpers.progress import progress_bar
 from kdhelpers.train import (
@@ -385,8 +386,11 @@ def load_or_train_lm(
     returns the record."""
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a plain file stem (got {name!r})")
-    stem = (checkpoints_dir() if folder is None else Path(folder)) / name
-    weights, _ = checkpoint_paths(stem)
+    place = checkpoints_dir() if folder is None else Path(folder)
+    stem = inside(place, name, "name")
+    weights, config = checkpoint_paths(stem)
+    for path in (weights, config):  # neither file may be a symlink out of the folder
+        check_inside(place, path, "name")
     if weights.exists():
         fresh = state_copy(model)
         try:
