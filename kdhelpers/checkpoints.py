@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdhelpers.folders import (
+from kdhelpers.paths import (
     UnwritableFolderError,
     ensure_folder,
     make_temp,

@@ -30,8 +30,8 @@ from kdhelpers.fetch import (
     _resolve_root,
     fetch_vader_corpora,
 )
-from kdhelpers.folders import UnwritableFolderError
 from kdhelpers.hub import hub_offline_reason
+from kdhelpers.paths import UnwritableFolderError
 from kdhelpers.validate import check_seed
 
 if TYPE_CHECKING:

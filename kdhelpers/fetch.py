@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from kdhelpers import paths
-from kdhelpers.folders import STALE_AFTER_S, ensure_folder, unwritable_error
+from kdhelpers.paths import STALE_AFTER_S, ensure_folder, unwritable_error
 
 try:  # POSIX; elsewhere the atomic rename alone keeps concurrent fetches safe
     import fcntl

@@ -16,15 +16,15 @@ from torch import nn
 from kdhelpers.batching import pad_collate
 from kdhelpers.checkpoints import tensor_digest
 from kdhelpers.device import autocast, get_device
-from kdhelpers.folders import (
+from kdhelpers.losses import soft_targets
+from kdhelpers.models import logits_of
+from kdhelpers.paths import (
     ensure_folder,
     inside,
     make_temp,
     remove_stale_temp,
     unwritable_error,
 )
-from kdhelpers.losses import soft_targets
-from kdhelpers.models import logits_of
 from kdhelpers.progress import progress_bar
 from kdhelpers.validate import check_int
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from kdhelpers.folders import inside
-from kdhelpers.paths import committed_results_dir, results_dir
+from kdhelpers.paths import committed_results_dir, inside, results_dir
 
 
 def _plain(value: Any) -> Any:

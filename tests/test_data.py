@@ -614,7 +614,7 @@ def test_pip_dies_with_a_killed_parent(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["under-a-file", "lock-is-a-folder", "proc"])
 def test_unusable_data_folder_names_kd_data_dir(tmp_path: Path, monkeypatch, where: str) -> None:
-    from kdhelpers.folders import UnwritableFolderError
+    from kdhelpers.paths import UnwritableFolderError
 
     if where == "under-a-file":
         (tmp_path / "file").write_text("x")

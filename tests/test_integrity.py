@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from kdhelpers import folders
+from kdhelpers import paths as folders
 from kdhelpers.checkpoints import (
     INTEGRITY_KEY,
     CheckpointError,

@@ -177,7 +177,7 @@ def test_load_results_and_chosen_alpha_temperature(tmp_path, monkeypatch):
     ],
 )
 def test_impossible_folder_names_its_variable(tmp_path, monkeypatch, env, getter):
-    from kdhelpers.folders import UnwritableFolderError
+    from kdhelpers.paths import UnwritableFolderError
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

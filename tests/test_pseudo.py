@@ -180,7 +180,7 @@ def test_values_changed_inside_a_valid_cache_file_are_recomputed(tmp_path, damag
 
 
 def test_cache_in_an_impossible_folder_names_kd_cache_dir(tmp_path, monkeypatch):
-    from kdhelpers.folders import UnwritableFolderError
+    from kdhelpers.paths import UnwritableFolderError
 
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the cache folder should be")
@@ -197,7 +197,7 @@ def test_a_killed_writers_temp_file_is_cleaned_up(tmp_path):
     import os
     import time
 
-    from kdhelpers.folders import _host
+    from kdhelpers.paths import _host
 
     teacher = tiny_teacher()
     ids, tokens = examples()

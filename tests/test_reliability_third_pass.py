@@ -359,7 +359,7 @@ def test_class3_names_joined_to_a_folder_stay_inside_it(case, message, tmp_path,
     ],
 )
 def test_class3_inside_refuses_every_way_out(name, message, tmp_path):
-    from kdhelpers.folders import inside
+    from kdhelpers.paths import inside
 
     with pytest.raises(ValueError, match=message):
         inside(tmp_path, name, "name")

@@ -198,7 +198,7 @@ def test_a_checkpoint_is_reused_only_when_it_verifies_and_its_settings_match(
 
 
 def test_impossible_checkpoint_folder_names_kd_checkpoint_dir(splits, tmp_path, monkeypatch):
-    from kdhelpers.folders import UnwritableFolderError
+    from kdhelpers.paths import UnwritableFolderError
 
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("KD_CHECKPOINT_DIR", str(tmp_path / "file" / "checkpoints"))

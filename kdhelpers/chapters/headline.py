@@ -34,10 +34,9 @@ from kdhelpers.checkpoints import (
     save_checkpoint,
 )
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
-from kdhelpers.folders import check_inside, inside
 from kdhelpers.latency import measure_latency, speedup
 from kdhelpers.models import count_parameters, project_teacher_embeddings
-from kdhelpers.paths import benchmarks_dir, cache_dir, checkpoints_dir
+from kdhelpers.paths import benchmarks_dir, cache_dir, check_inside, checkpoints_dir, inside
 from kdhelpers.pseudo import cache_logits
 from kdhelpers.stats import compare_seeds, over_seeds
 from kdhelpers.students import (

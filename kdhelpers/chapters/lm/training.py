@@ -22,8 +22,7 @@ from kdhelpers.chapters.lm.tokenizer import (
 from kdhelpers.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from kdhelpers.data import VADER_DOMAINS, load_sentiment
 from kdhelpers.device import autocast, get_device, seeded
-from kdhelpers.folders import check_inside, inside
-from kdhelpers.paths import checkpoints_dir
+from kdhelpers.paths import check_inside, checkpoints_dir, inside
 from kdhelpers.progress import progress_bar
 from kdhelpers.train import (
     KeepBest,
