@@ -254,29 +254,21 @@ def _bucketed_batches(
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def train_lm(
+def _check_lm_data(
     model: nn.Module,
     train_seqs: Sequence[Sequence[int]],
+    val_seqs: Sequence[Sequence[int]] | None,
+    teacher_logits: Sequence[torch.Tensor] | None,
     config: LMTrainConfig,
-    *,
-    teacher_logits: Sequence[torch.Tensor] | None = None,
-    val_seqs: Sequence[Sequence[int]] | None = None,
-    device: torch.device | str | None = None,
-    desc: str = "lm",
-) -> dict[str, Any]:
-    """Train a causal LM for `config.steps` AdamW steps on shuffled batches; KD when teacher_logits
-    (one per sequence) are given.
-
-    With `val_seqs`, validation perplexity is measured every `config.eval_every` steps (and at the
-    end) and the best state is restored. Returns a history dict.
-    """
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """train_lm's sequences, checked: refuse another config type, token ids beyond the model's
+    vocabulary, teacher logits that do not match the sequences, and alpha < 1 without them."""
     if not isinstance(config, LMTrainConfig):
         raise TypeError(
             f"config must be an LMTrainConfig (got {type(config).__name__}): "
             "train_lm(model, seqs, LMTrainConfig(steps=100))"
         )
-    seqs = _check_sequences("train_seqs", train_seqs)
-    steps, alpha = config.steps, config.alpha
+    seqs, alpha = _check_sequences("train_seqs", train_seqs), config.alpha
     vocab = vocab_size_of(model)
     if vocab is not None:
         for name, group in (("train_seqs", seqs), ("val_seqs", val_seqs or [])):
@@ -304,10 +296,70 @@ def train_lm(
         raise ValueError(
             f"config.alpha={alpha} needs teacher_logits (only alpha=1, plain CE, works without)"
         )
-    eval_every = steps
-    if val_seqs is not None:
-        val_seqs = _check_sequences("val_seqs", val_seqs)
-        eval_every = steps if config.eval_every is None else config.eval_every
+    return seqs, None if val_seqs is None else _check_sequences("val_seqs", val_seqs)
+
+
+def lm_step(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    teacher_logits: Sequence[torch.Tensor] | None,
+    config: LMTrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """The loss of one batch of sequences (next-token CE, mixed with token-level KD towards
+    `teacher_logits` when given) and the number of predicted tokens; the caller takes the step."""
+    ids, mask = pad_batch(seqs)
+    ids, mask = ids.to(device), mask.to(device)
+    teacher = None
+    if teacher_logits is not None:
+        teacher = _pad_logits(list(teacher_logits), ids.shape[1]).to(device)
+    with autocast(device):
+        logits = lm_logits(model, ids, mask)
+    loss = lm_loss(
+        logits.float(), ids, mask, teacher, alpha=config.alpha, temperature=config.temperature
+    )
+    return loss, int(mask[:, 1:].sum())
+
+
+def _validate(
+    model: nn.Module,
+    val_seqs: list[list[int]],
+    device: torch.device,
+    step: int,
+    window: list[float],
+    best: KeepBest,
+    history: dict[str, Any],
+) -> None:
+    """Validation perplexity at `step`, logged with the mean training loss since the last one;
+    `best` keeps the model's state when it is the lowest so far."""
+    ppl = perplexity(model, val_seqs, device=device)
+    model.train()
+    history["step"].append(step)
+    history["train_loss"].append(sum(window) / len(window))
+    history["val_perplexity"].append(ppl)
+    if best.offer(model, ppl, step):
+        history["best_step"] = step
+
+
+def train_lm(
+    model: nn.Module,
+    train_seqs: Sequence[Sequence[int]],
+    config: LMTrainConfig,
+    *,
+    teacher_logits: Sequence[torch.Tensor] | None = None,
+    val_seqs: Sequence[Sequence[int]] | None = None,
+    device: torch.device | str | None = None,
+    desc: str = "lm",
+) -> dict[str, Any]:
+    """Train a causal LM for `config.steps` AdamW steps on shuffled batches; KD when teacher_logits
+    (one per sequence) are given.
+
+    With `val_seqs`, validation perplexity is measured every `config.eval_every` steps (and at the
+    end) and the best state is restored. Returns a history dict.
+    """
+    seqs, val_seqs = _check_lm_data(model, train_seqs, val_seqs, teacher_logits, config)
+    steps = config.steps
+    eval_every = steps if val_seqs is None or config.eval_every is None else config.eval_every
     device = get_device() if device is None else torch.device(device)
     model.to(device)
     optimizer, scheduler = adamw_with_warmup(
@@ -315,14 +367,8 @@ def train_lm(
     )
     step_fn = OptimiserStep(optimizer, scheduler, tuple(model.parameters()), config.max_grad_norm)
     gen = torch.Generator().manual_seed(config.seed)
-    history: dict[str, Any] = {
-        "step": [],
-        "train_loss": [],
-        "val_perplexity": [],
-        "best_step": steps,
-        "best_val_perplexity": None,
-        "tokens_seen": 0,
-    }
+    history: dict[str, Any] = {"step": [], "train_loss": [], "val_perplexity": []}
+    history.update(best_step=steps, best_val_perplexity=None, tokens_seen=0)
     best, window = KeepBest(higher_is_better=False), []
     order: list[list[int]] = []
     start = time.perf_counter()
@@ -332,30 +378,16 @@ def train_lm(
             if not order:
                 order = _bucketed_batches(seqs, config.batch_size, gen)
             rows = order.pop(0)
-            ids, mask = pad_batch([seqs[i] for i in rows])
-            ids, mask = ids.to(device), mask.to(device)
-            teacher = None
-            if teacher_logits is not None:
-                teacher = _pad_logits([teacher_logits[i] for i in rows], ids.shape[1]).to(device)
-            with autocast(device):
-                logits = lm_logits(model, ids, mask)
-            loss = lm_loss(
-                logits.float(), ids, mask, teacher, alpha=alpha, temperature=config.temperature
-            )
+            targets = None if teacher_logits is None else [teacher_logits[i] for i in rows]
+            loss, tokens = lm_step(model, [seqs[i] for i in rows], targets, config, device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr?")
             step_fn(loss)
             window.append(loss.item())
-            history["tokens_seen"] += int(mask[:, 1:].sum())
+            history["tokens_seen"] += tokens
             if val_seqs is not None and (step % eval_every == 0 or step == steps):
-                ppl = perplexity(model, val_seqs, device=device)
-                model.train()
-                history["step"].append(step)
-                history["train_loss"].append(sum(window) / len(window))
-                history["val_perplexity"].append(ppl)
+                _validate(model, val_seqs, device, step, window, best, history)
                 window = []
-                if best.offer(model, ppl, step):
-                    history["best_step"] = step
         if val_seqs is None:
             history["step"].append(steps)
             history["train_loss"].append(sum(window) / len(window))
