@@ -181,21 +181,79 @@ def _windows(loader: Any, size: int) -> Any:
         yield window
 
 
-def distill_accelerate(
+def distributed_step(
     accelerator: Any,
     model: nn.Module,
+    window: list[dict[str, Any]],
+    step: OptimiserStep,
+    config: DistillConfig,
+) -> float:
+    """One optimiser step over the micro-batches in `window` on every rank: each micro-batch's KD loss
+    normalised over the whole step (config.normalisation 'step': by the step's labelled and total
+    examples on all ranks; 'naive': by its own), gradients synchronised on the last micro-batch only.
+    Returns the step's mean loss over all ranks."""
+    world = accelerator.num_processes
+    # count the step's examples first (from the labels, before any forward pass), over all ranks
+    local = torch.tensor(
+        [
+            float(sum(int((b["labels"] >= 0).sum()) for b in window)),
+            float(sum(len(b["labels"]) for b in window)),
+        ],
+        device=accelerator.device,
+    )
+    n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
+    total = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(window):
+        last = i == len(window) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            parts = kd_loss_parts(
+                forward_logits(model, batch).float(),
+                batch["teacher_logits"],
+                batch["labels"],
+                config.temperature,
+            )
+            if config.normalisation == "step":
+                loss = step_loss(parts, n_labelled, n, config.alpha, world)
+            else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
+                own = step_loss(parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha)
+                loss = own / len(window)
+            step.backward(loss)
+        total += loss.detach() / world
+    step.update()
+    step.zero_grad()
+    return float(accelerator.reduce(total, "sum").item())
+
+
+def _epoch_loader(
+    accelerator: Any,
     examples: TextExamples,
     config: DistillConfig,
-    pad_id: int = 0,
-) -> dict[str, Any]:
-    """Distil `model` on `examples` (with teacher_logits) under Accelerate; returns the per-step loss history."""
+    epoch: int,
+    n_used: int,
+    pad_id: int,
+) -> Any:
+    """This epoch's seeded order of the first `n_used` examples (whole micro-batches only, so that every
+    rank gets micro_batch_size / world examples per pass) as a loader prepared by Accelerate."""
+    order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
+    return accelerator.prepare_data_loader(
+        DataLoader(
+            order,
+            batch_size=config.micro_batch_size,
+            shuffle=False,
+            collate_fn=lambda f: pad_collate(f, pad_id),
+            pin_memory=pin_memory_default(accelerator.device),
+        )
+    )
+
+
+def _examples_used(examples: TextExamples, config: DistillConfig, world: int) -> int:
+    """How many examples fill whole micro-batches, after checking distill_accelerate's arguments."""
     if examples.teacher_logits is None:
         raise ValueError(
             "examples need teacher_logits: build TextExamples(..., teacher_logits=...)"
         )
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig (got {type(config).__name__})")
-    world = accelerator.num_processes
     if config.micro_batch_size % world:
         raise ValueError(
             f"batch_size / grad_accum = {config.micro_batch_size} must be divisible by the "
@@ -206,6 +264,19 @@ def distill_accelerate(
         raise ValueError(
             f"{len(examples)} examples do not fill one micro-batch of {config.micro_batch_size}"
         )
+    return n_used
+
+
+def distill_accelerate(
+    accelerator: Any,
+    model: nn.Module,
+    examples: TextExamples,
+    config: DistillConfig,
+    pad_id: int = 0,
+) -> dict[str, Any]:
+    """Distil `model` on `examples` (with teacher_logits) under Accelerate; returns the per-step loss history."""
+    world = accelerator.num_processes
+    n_used = _examples_used(examples, config, world)
     steps_per_epoch = math.ceil(n_used // config.micro_batch_size / config.grad_accum)
     with seeded(config.seed):  # dropout masks; the caller's RNG is given back afterwards
         optimizer, scheduler = adamw_with_warmup(
@@ -225,61 +296,18 @@ def distill_accelerate(
             backward_fn=accelerator.backward,
             clip_fn=accelerator.clip_grad_norm_,
         )
-        history: dict[str, Any] = {
-            "step_loss": [],
-            "epoch_loss": [],
-            "world_size": world,
-            "config": asdict(config),
-        }
+        history: dict[str, Any] = {"step_loss": [], "epoch_loss": []}
+        history.update(world_size=world, config=asdict(config))
         for epoch in range(config.epochs):
             model.train()
-            # whole micro-batches only, so that every rank gets micro_batch_size / world examples per pass
-            order = Subset(examples, epoch_order(len(examples), config.seed, epoch)[:n_used])
-            loader = accelerator.prepare_data_loader(
-                DataLoader(
-                    order,
-                    batch_size=config.micro_batch_size,
-                    shuffle=False,
-                    collate_fn=lambda f: pad_collate(f, pad_id),
-                    pin_memory=pin_memory_default(accelerator.device),
-                )
-            )
+            loader = _epoch_loader(accelerator, examples, config, epoch, n_used, pad_id)
             epoch_losses = []
             for window in progress_bar(
                 _windows(loader, config.grad_accum),
                 f"epoch {epoch + 1}/{config.epochs}",
                 enabled=accelerator.is_main_process,
             ):
-                # count the step's examples first (from the labels, before any forward pass), over all ranks
-                local = torch.tensor(
-                    [
-                        float(sum(int((b["labels"] >= 0).sum()) for b in window)),
-                        float(sum(len(b["labels"]) for b in window)),
-                    ],
-                    device=accelerator.device,
-                )
-                n_labelled, n = (int(x) for x in accelerator.reduce(local, "sum").tolist())
-                total = torch.zeros((), device=accelerator.device)
-                for i, batch in enumerate(window):
-                    last = i == len(window) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                        parts = kd_loss_parts(
-                            forward_logits(model, batch).float(),
-                            batch["teacher_logits"],
-                            batch["labels"],
-                            config.temperature,
-                        )
-                        if config.normalisation == "step":
-                            loss = step_loss(parts, n_labelled, n, config.alpha, world)
-                        else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
-                            loss = step_loss(
-                                parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha
-                            ) / len(window)
-                        step.backward(loss)
-                    total += loss.detach() / world
-                step.update()
-                step.zero_grad()
-                mean_loss = float(accelerator.reduce(total, "sum").item())
+                mean_loss = distributed_step(accelerator, model, window, step, config)
                 history["step_loss"].append(mean_loss)
                 epoch_losses.append(mean_loss)
             history["epoch_loss"].append(sum(epoch_losses) / len(epoch_losses))
