@@ -409,25 +409,11 @@ def _check_rows_sum_to_one(name: str, attn: torch.Tensor, mask: torch.Tensor) ->
         )
 
 
-def attention_transfer_loss(
-    student_attn: torch.Tensor,
-    teacher_attn: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    kind: str = "kl",
-    eps: float = 1e-12,
-) -> torch.Tensor:
-    """Attention-map transfer: KL(teacher row || student row) (MiniLM) or MSE (TinyBERT-style, on probabilities).
-
-    Maps have shape (batch, heads, seq, seq) and hold attention probabilities (each query row sums to 1).
-    When the head counts differ, both maps are averaged over heads first. Padded tokens (mask == 0)
-    are dropped as queries and as keys. 'kl' sums over keys and averages over heads and unmasked
-    query rows; 'mse' averages the squared differences over heads and unmasked (query, key) pairs.
-    `eps` (>= 0) floors the student's probabilities inside the log; a key the teacher gives 0 adds
-    0 (0 log 0 = 0), and with eps = 0 a student 0 where the teacher attends (an infinite KL) is refused.
-    """
-    if not isinstance(kind, str) or kind not in ATTENTION_KINDS:
-        raise ValueError(f"kind must be one of {ATTENTION_KINDS} (got {kind!r})")
-    eps = check_number("eps", eps, 0.0)
+def _attention_maps(
+    student_attn: object, teacher_attn: object, mask: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two attention maps as float32 on the student's device (the teacher's detached) and the
+    boolean (batch, seq) mask, after checking shapes, probabilities and the mask (errors name each)."""
     what = "(batch, heads, seq, seq)"
     _check_states("student_attn", student_attn, 4, what)
     _check_states("teacher_attn", teacher_attn, 4, what)
@@ -463,6 +449,29 @@ def attention_transfer_loss(
         mask = torch.ones(s.shape[0], s.shape[-1], dtype=torch.bool, device=s.device)
     for name, a in (("student_attn", s), ("teacher_attn", t)):
         _check_rows_sum_to_one(name, a, mask)
+    return s, t, mask
+
+
+def attention_transfer_loss(
+    student_attn: torch.Tensor,
+    teacher_attn: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "kl",
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Attention-map transfer: KL(teacher row || student row) (MiniLM) or MSE (TinyBERT-style, on probabilities).
+
+    Maps have shape (batch, heads, seq, seq) and hold attention probabilities (each query row sums to 1).
+    When the head counts differ, both maps are averaged over heads first. Padded tokens (mask == 0)
+    are dropped as queries and as keys. 'kl' sums over keys and averages over heads and unmasked
+    query rows; 'mse' averages the squared differences over heads and unmasked (query, key) pairs.
+    `eps` (>= 0) floors the student's probabilities inside the log; a key the teacher gives 0 adds
+    0 (0 log 0 = 0), and with eps = 0 a student 0 where the teacher attends (an infinite KL) is refused.
+    """
+    if not isinstance(kind, str) or kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind must be one of {ATTENTION_KINDS} (got {kind!r})")
+    eps = check_number("eps", eps, 0.0)
+    s, t, mask = _attention_maps(student_attn, teacher_attn, mask)
     if s.shape[1] != t.shape[1]:
         s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
     keys = mask[:, None, None, :].to(s.dtype)  # padded keys contribute nothing
