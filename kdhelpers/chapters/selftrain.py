@@ -498,6 +498,62 @@ def train_noisy_student(
     return history
 
 
+class _Chain(NamedTuple):
+    """What every round of noisy_student_rounds shares: the student builder, the splits, the settings."""
+
+    new_student: Callable[[int], nn.Module]
+    pool: TextSplit
+    select: TextSplit
+    source: TextSplit
+    test: TextSplit
+    device: torch.device | str
+    config: NoisyStudentConfig
+    special_ids: Sequence[int]
+
+
+def _noisy_round(
+    chain: _Chain,
+    teacher: nn.Module,
+    label: Callable[[nn.Module, TextSplit, str], torch.Tensor],
+    first: torch.Tensor,
+    r: int,
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Round r of one chain: `teacher` labels the pool (through `label`), a fresh student learns it
+    with noise; returns the student and its row (test accuracy, agreement with the round-0
+    predictions `first`, selection agreement, best epoch and row counts)."""
+    new_student, pool, select, source, test, device, config, special_ids = chain
+    round_config = dataclasses.replace(
+        config, training=config.training.replace(seed=seed + 100 * r)
+    )
+    pool_logits = label(teacher, pool, "pool")
+    chooser = agreement_split(select, label(teacher, select, "select"))
+    student = new_student(seed + 100 * r)
+    hist = train_noisy_student(
+        student,
+        pool,
+        pool_logits,
+        source,
+        chooser,
+        device,
+        round_config,
+        desc=f"round {r}, seed {seed}",
+        special_ids=special_ids,
+    )
+    said = clean_logits(student, test, device).argmax(-1)
+    row = {
+        "round": r,
+        "seed": seed,
+        "test_accuracy": float((said == test.gold).float().mean()),
+        "agrees_with_teacher": float((said == first).float().mean()),
+        "selection_agreement": hist["best_val_accuracy"],
+        "best_epoch": hist["best_epoch"],
+        "epoch_limit": hist["epoch_limit"],
+        **{k: hist[k] for k in ("pool", "confident", "pseudo_rows", "source_rows")},
+    }
+    return student, row
+
+
 def noisy_student_rounds(
     teachers: Mapping[int, nn.Module],
     new_student: Callable[[int], nn.Module],
@@ -531,6 +587,7 @@ def noisy_student_rounds(
     if not teachers:
         raise ValueError("teachers is empty: give one teacher per seed, e.g. {0: t0, 1: t1, 2: t2}")
     rounds = check_int("rounds", rounds, 1)
+    chain = _Chain(new_student, pool, select, source, test, device, config, special_ids)
     out: list[dict[str, Any]] = []
     for seed, teacher in teachers.items():
         label = round0
@@ -544,35 +601,7 @@ def noisy_student_rounds(
             }
         )
         for r in range(1, rounds + 1):
-            round_config = dataclasses.replace(
-                config, training=config.training.replace(seed=seed + 100 * r)
-            )
-            pool_logits = label(teacher, pool, "pool")
-            chooser = agreement_split(select, label(teacher, select, "select"))
-            student = new_student(seed + 100 * r)
-            hist = train_noisy_student(
-                student,
-                pool,
-                pool_logits,
-                source,
-                chooser,
-                device,
-                round_config,
-                desc=f"round {r}, seed {seed}",
-                special_ids=special_ids,
-            )
-            said = clean_logits(student, test, device).argmax(-1)
-            out.append(
-                {
-                    "round": r,
-                    "seed": seed,
-                    "test_accuracy": float((said == test.gold).float().mean()),
-                    "agrees_with_teacher": float((said == first).float().mean()),
-                    "selection_agreement": hist["best_val_accuracy"],
-                    "best_epoch": hist["best_epoch"],
-                    "epoch_limit": hist["epoch_limit"],
-                    **{k: hist[k] for k in ("pool", "confident", "pseudo_rows", "source_rows")},
-                }
-            )
+            student, row = _noisy_round(chain, teacher, label, first, r, seed)
+            out.append(row)
             teacher, label = student, fresh
     return out
