@@ -16,6 +16,9 @@ REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls
 REPO_PATH = REPO_URL.removeprefix("https://github.com/")
 FROZEN_BAR = re.compile(r"\b(?!100%)\d{1,3}%\|[^|\n]*\|\s*\d+/\d+")  # tqdm text below 100%
 MACHINE_PATHS = re.compile(r"/work/|/root/|/home/\w+/|/tmp/|ipykernel_\d+|C:\\\\Users")
+CHECK_TAG = "nbval-check-output"  # nbval --nbval-lax compares the outputs of cells with this tag
+NBVAL_COMMENT = re.compile(r"^\s*#\s*(NBVAL_|PYTEST_VALIDATE_)", re.M)
+UNCHECKED = {"08_beyond-logits_solutions"}  # no cell of it prints a result that repeats exactly
 
 
 def cells(nb_path):
@@ -80,6 +83,27 @@ def test_committed_notebook_was_executed_cleanly(nb):
             assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), (
                 "widget output"
             )
+
+
+def test_nbval_tag_is_the_one_nbval_honours():
+    from nbval.plugin import find_metadata_tags
+
+    assert dict(find_metadata_tags({"tags": [CHECK_TAG]})) == {"check": True}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_nbval_markers_are_cell_tags_not_comments(nb):
+    """A learner reads no `# NBVAL_...` lines; nbval still checks each notebook's results."""
+    cs = cells(nb)
+    commented = [i for i, c in enumerate(cs) if NBVAL_COMMENT.search(source(c))]
+    assert not commented, (
+        f"cells {commented} hold an nbval comment marker: remove the line and tag the cell "
+        f"{CHECK_TAG!r} instead"
+    )
+    tagged = [i for i, c in enumerate(cs) if CHECK_TAG in c.get("metadata", {}).get("tags", [])]
+    assert all(cs[i]["cell_type"] == "code" for i in tagged), "only code cells have outputs"
+    if nb.stem not in UNCHECKED:
+        assert tagged, f"no cell tagged {CHECK_TAG!r}: nbval would compare none of its results"
 
 
 def test_readme_lists_every_notebook_with_badge():
