@@ -7,6 +7,9 @@ from pathlib import Path
 
 from kdhelpers.folders import ensure_folder
 
+#: the solutions notebooks' folder inside the notebooks folder, apart from the chapters they answer
+SOLUTIONS_FOLDER = "solutions"
+
 
 def project_root() -> Path:
     """The repository root when kdhelpers runs from a checkout, else a per-user cache folder."""
@@ -48,8 +51,13 @@ def cache_dir() -> Path:
 
 
 def notebooks_dir() -> Path:
-    """The course notebooks folder of the checkout."""
+    """The course notebooks folder of the checkout: the chapters (NN_name.ipynb)."""
     return project_root() / "notebooks"
+
+
+def solutions_dir() -> Path:
+    """The solutions notebooks' folder (notebooks/solutions/NN_name_solutions.ipynb)."""
+    return notebooks_dir() / SOLUTIONS_FOLDER
 
 
 def benchmarks_dir() -> Path:
