@@ -156,6 +156,9 @@ def remove_stale_temp(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- where things live
 
+#: the solutions notebooks' folder inside the notebooks folder, apart from the chapters they answer
+SOLUTIONS_FOLDER = "solutions"
+
 
 def project_root() -> Path:
     """The repository root when kdhelpers runs from a checkout, else a per-user cache folder."""
@@ -197,8 +200,13 @@ def cache_dir() -> Path:
 
 
 def notebooks_dir() -> Path:
-    """The course notebooks folder of the checkout."""
+    """The course notebooks folder of the checkout: the chapters (NN_name.ipynb)."""
     return project_root() / "notebooks"
+
+
+def solutions_dir() -> Path:
+    """The solutions notebooks' folder (notebooks/solutions/NN_name_solutions.ipynb)."""
+    return notebooks_dir() / SOLUTIONS_FOLDER
 
 
 def benchmarks_dir() -> Path:

@@ -48,8 +48,12 @@ def current_repository(root: Path = ROOT) -> str:
 
 
 def notebooks(root: Path = ROOT) -> list[Path]:
-    """Every notebook of the course under `root`, solutions included."""
-    return sorted((Path(root) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    """Every notebook of the course under `root`: the chapters, then their solutions."""
+    books = Path(root) / "notebooks"
+    return [
+        *sorted(books.glob("[0-9][0-9]_*.ipynb")),
+        *sorted((books / "solutions").glob("[0-9][0-9]_*.ipynb")),
+    ]
 
 
 def _load_notebook(path: Path) -> dict:
@@ -89,13 +93,14 @@ def problems(root: Path = ROOT) -> list[str]:
     cells = {}
     for nb_path in notebooks(root):
         nb = _load_notebook(nb_path)
-        badge = f"{COLAB}{path}/blob/main/notebooks/{nb_path.name}"
+        name = nb_path.relative_to(Path(root) / "notebooks").as_posix()  # solutions/... too
+        badge = f"{COLAB}{path}/blob/main/notebooks/{name}"
         if badge not in _source(nb["cells"][0]):
-            found.append(f"{nb_path.name}: first cell lacks the Colab badge {badge}")
-        cells[nb_path.name] = _source(colab_cell(nb, nb_path.name))
-        lines = CELL_LINE.findall(cells[nb_path.name])
+            found.append(f"{name}: first cell lacks the Colab badge {badge}")
+        cells[name] = _source(colab_cell(nb, name))
+        lines = CELL_LINE.findall(cells[name])
         if lines != [url]:
-            found.append(f"{nb_path.name}: Colab cell sets REPOSITORY to {lines}, not [{url!r}]")
+            found.append(f"{name}: Colab cell sets REPOSITORY to {lines}, not [{url!r}]")
     if not cells:
         found.append("no notebooks found")
     first = next(iter(cells), None)

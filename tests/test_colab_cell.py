@@ -21,18 +21,22 @@ from kdhelpers.course.runner import list_notebooks
 NOTEBOOKS = list_notebooks()
 REPOSITORY_LINE = re.compile(r'^REPOSITORY = "[^"]*"$', re.M)
 FOLDER_LINE = re.compile(r'^FOLDER = "[^"]*"$', re.M)
+FORM_TITLE = "# @title Colab set-up: run this first on Colab (does nothing elsewhere)"
 
 
-def colab_cell_source(nb_path):
-    """The source of the notebook's one code cell that mentions google.colab."""
+def colab_cell(nb_path):
+    """The notebook's one code cell that mentions google.colab."""
     cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
     found = [
-        "".join(c["source"])
-        for c in cells
-        if c["cell_type"] == "code" and "google.colab" in "".join(c["source"])
+        c for c in cells if c["cell_type"] == "code" and "google.colab" in "".join(c["source"])
     ]
     assert len(found) == 1, f"{nb_path.name}: expected one Colab cell, found {len(found)}"
     return found[0]
+
+
+def colab_cell_source(nb_path):
+    """The source of the notebook's Colab cell."""
+    return "".join(colab_cell(nb_path)["source"])
 
 
 CELL = colab_cell_source(NOTEBOOKS[0])
@@ -43,8 +47,22 @@ def test_every_notebook_has_the_same_colab_cell():
         assert colab_cell_source(nb) == CELL, (
             f"{nb.name}: Colab cell differs from {NOTEBOOKS[0].name}"
         )
-    assert CELL.startswith("# Colab only:"), "the cell starts by saying it only acts on Colab"
+    first, second = CELL.splitlines()[:2]
+    assert first == FORM_TITLE, "the cell opens on its Colab form title"
+    assert second.startswith("# Colab only:"), "then says it only acts on Colab"
     assert "!" not in CELL.replace("!=", ""), "plain Python, no shell magics"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_colab_cell_opens_collapsed(nb):
+    """Colab shows the form title only (cellView), JupyterLab hides the source (source_hidden)."""
+    cell = colab_cell(nb)
+    assert "".join(cell["source"]).splitlines()[0] == FORM_TITLE, "first line: the form title"
+    meta = cell.get("metadata", {})
+    assert meta.get("cellView") == "form", f"{nb.name}: Colab cell needs cellView 'form'"
+    assert meta.get("jupyter", {}).get("source_hidden") is True, (
+        f"{nb.name}: Colab cell needs jupyter.source_hidden true"
+    )
 
 
 def cell_with(repository, folder):

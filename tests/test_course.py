@@ -35,12 +35,21 @@ def test_bad_only_is_a_usage_error_naming_the_chapters(capsys):
     assert "--only 99" in err and "available chapters" in err and "05" in err
 
 
+def _books(tmp_path, *names):
+    """A notebooks folder with empty chapters and, in solutions/, empty solutions notebooks."""
+    books = tmp_path / "notebooks"
+    (books / "solutions").mkdir(parents=True)
+    for name in names:
+        place = books / "solutions" if name.endswith("_solutions") else books
+        (place / f"{name}.ipynb").write_text("{}")
+    return books
+
+
 def test_only_takes_chapters_solutions_on_request_and_exact_file_names(tmp_path):
-    for name in ("03_teacher", "03_teacher_solutions", "04_pseudo-labels"):
-        (tmp_path / f"{name}.ipynb").write_text("{}")
+    books = _books(tmp_path, "03_teacher", "03_teacher_solutions", "04_pseudo-labels")
 
     def names(only, with_solutions=False):
-        return [p.name for p in course.list_notebooks(tmp_path, only, with_solutions)]
+        return [p.name for p in course.list_notebooks(books, only, with_solutions)]
 
     assert names(["03"]) == ["03_teacher.ipynb"]
     assert names(["03_teacher"]) == ["03_teacher.ipynb"]
@@ -48,7 +57,15 @@ def test_only_takes_chapters_solutions_on_request_and_exact_file_names(tmp_path)
     assert names(["03_teacher_solutions"]) == ["03_teacher_solutions.ipynb"]
     assert names(["03_teacher.ipynb"]) == ["03_teacher.ipynb"]
     assert names(["03_teacher.ipynb", "04"]) == ["03_teacher.ipynb", "04_pseudo-labels.ipynb"]
-    assert len(names(None)) == 3
+    assert names(["03_teacher_solutions.ipynb"]) == ["03_teacher_solutions.ipynb"]
+    assert names(None) == [
+        "03_teacher.ipynb",
+        "03_teacher_solutions.ipynb",  # from solutions/, right after its chapter
+        "04_pseudo-labels.ipynb",
+    ]
+    assert course.list_notebooks(books, ["03"], True)[1] == (
+        books / "solutions" / "03_teacher_solutions.ipynb"
+    )
     with pytest.raises(ValueError, match="no notebook"):
         names(["03_teacher_x.ipynb"])
 
@@ -83,10 +100,7 @@ def test_bare_only_and_lone_with_solutions_are_usage_errors(argv, message, capsy
 
 
 def test_only_runs_the_chapter_and_with_solutions_adds_its_solutions(tmp_path, monkeypatch):
-    books = tmp_path / "notebooks"
-    books.mkdir()
-    for name in ("05_distillation", "05_distillation_solutions", "06_compression"):
-        (books / f"{name}.ipynb").write_text("{}")
+    books = _books(tmp_path, "05_distillation", "05_distillation_solutions", "06_compression")
     ran = []
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.setattr(course, "execute_notebook", lambda nb, *a, **k: ran.append(nb.name) or 0.0)
@@ -164,6 +178,27 @@ def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path,
     assert nb.cells[0].source.startswith('PROFILE = "auto"')  # the learner's cell decides again
     assert [c.execution_count for c in nb.cells] == [1, 2]
     assert nb.cells[1].outputs[0]["text"] == "quick\n"
+
+
+def test_in_place_run_writes_a_solutions_notebook_back_to_solutions(tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    (books / "solutions").mkdir(parents=True)
+    _tiny_notebook(books / "01_ok.ipynb", "print('chapter')")
+    _tiny_notebook(books / "solutions" / "01_ok_solutions.ipynb", "print('answers')")
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
+    assert run("quick", only=["01"], out=tmp_path / "run", in_place=True, with_solutions=True) == 0
+    assert sorted(p.relative_to(books).as_posix() for p in books.rglob("*.ipynb")) == [
+        "01_ok.ipynb",
+        "solutions/01_ok_solutions.ipynb",
+    ], "each executed notebook goes back to its own place, and nowhere else"
+    for path, text in [
+        (books / "01_ok.ipynb", "chapter\n"),
+        (books / "solutions" / "01_ok_solutions.ipynb", "answers\n"),
+    ]:
+        nb = nbformat.read(str(path), as_version=4)
+        assert nb.metadata["kd_course"] == {"profile": "quick"}
+        assert nb.cells[1].outputs[0]["text"] == text
 
 
 def test_clean_notebook_renumbers_after_dropping_the_injected_cell():

@@ -10,6 +10,7 @@ from pathlib import Path
 import kdhelpers
 from kdhelpers.course.package_map import imports_of as imports_of_code
 from kdhelpers.course.package_map import notebook_code
+from kdhelpers.course.runner import list_notebooks
 
 PACKAGE = Path(kdhelpers.__file__).parent
 #: Public names that several modules may define on purpose (command-line entry points).
@@ -88,7 +89,7 @@ def notebook_imports(path: Path) -> set[str]:
 def test_notebooks_never_import_the_course_machinery():
     bad = {
         p.name: sorted(m for m in notebook_imports(p) if is_machinery(m))
-        for p in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb"))
+        for p in list_notebooks()  # chapters and solutions
     }
     bad = {k: v for k, v in bad.items() if v}
     assert not bad, f"notebooks importing kdhelpers.course (course machinery): {bad}"
@@ -173,7 +174,7 @@ def test_every_name_a_notebook_imports_from_kdhelpers_exists():
     import importlib
 
     missing = []
-    for path in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+    for path in list_notebooks():  # chapters and solutions
         for node in ast.walk(notebook_code(path)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdhelpers"):
                 try:

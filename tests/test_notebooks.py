@@ -1,7 +1,7 @@
 """Execute every course notebook (quick profile) with papermill, then validate it with nbval.
 
 papermill runs the notebook with PROFILE="quick" injected; nbval then re-executes that output and
-compares the cells marked `# NBVAL_CHECK_OUTPUT`, so those results must repeat exactly.
+compares the cells tagged `nbval-check-output`, so those results must repeat exactly.
 """
 
 import os

@@ -49,6 +49,11 @@ def test_reach_follows_imports_and_packages(tmp_path):
         json.dumps({"cells": [{"cell_type": "code", "source": ["from kdhelpers.a import f"]}]})
     )
     assert "kdhelpers.c" not in pm.reached_by_notebooks(modules, books)
+    (books / "solutions").mkdir()
+    (books / "solutions" / "01_x_solutions.ipynb").write_text(
+        json.dumps({"cells": [{"cell_type": "code", "source": ["import kdhelpers.c"]}]})
+    )
+    assert "kdhelpers.c" in pm.reached_by_notebooks(modules, books), "solutions count too"
     assert pm.longest_functions(modules, {"kdhelpers.b"}) == [(72, "kdhelpers.b.f")]
 
 

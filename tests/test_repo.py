@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from kdhelpers.course.runner import list_notebooks
-from kdhelpers.paths import project_root
+from kdhelpers.paths import notebooks_dir, project_root, solutions_dir
 
 ROOT = project_root()
 NOTEBOOKS = list_notebooks()
@@ -16,6 +16,9 @@ REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls
 REPO_PATH = REPO_URL.removeprefix("https://github.com/")
 FROZEN_BAR = re.compile(r"\b(?!100%)\d{1,3}%\|[^|\n]*\|\s*\d+/\d+")  # tqdm text below 100%
 MACHINE_PATHS = re.compile(r"/work/|/root/|/home/\w+/|/tmp/|ipykernel_\d+|C:\\\\Users")
+CHECK_TAG = "nbval-check-output"  # nbval --nbval-lax compares the outputs of cells with this tag
+NBVAL_COMMENT = re.compile(r"^\s*#\s*(NBVAL_|PYTEST_VALIDATE_)", re.M)
+UNCHECKED = {"08_beyond-logits_solutions"}  # no cell of it prints a result that repeats exactly
 
 
 def cells(nb_path):
@@ -24,6 +27,11 @@ def cells(nb_path):
 
 def source(cell):
     return "".join(cell["source"])
+
+
+def repo_path(nb_path):
+    """The notebook's path in the repository, e.g. notebooks/solutions/05_distillation_solutions.ipynb."""
+    return nb_path.relative_to(ROOT).as_posix()
 
 
 def test_notebooks_exist_in_pairs():
@@ -36,12 +44,35 @@ def test_notebooks_exist_in_pairs():
         assert pair in stems, f"{stem} has no paired notebook {pair}.ipynb"
 
 
+def test_chapters_and_solutions_live_apart():
+    """notebooks/ lists the chapters alone; their solutions are in notebooks/solutions/."""
+    for nb in NOTEBOOKS:
+        home = solutions_dir() if nb.stem.endswith("_solutions") else notebooks_dir()
+        assert nb.parent == home, f"{repo_path(nb)} belongs in {home.relative_to(ROOT)}/"
+    stray = sorted(p.name for p in notebooks_dir().glob("*.ipynb") if p not in NOTEBOOKS)
+    stray += sorted(p.name for p in solutions_dir().glob("*.ipynb") if p not in NOTEBOOKS)
+    assert not stray, f"notebooks the course does not list (not NN_name.ipynb): {stray}"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_relative_links_in_notebooks_lead_to_files(nb):
+    """A chapter's link to its solutions (and back) follows the files where they are."""
+    for c in cells(nb):
+        if c["cell_type"] != "markdown":
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", source(c)):
+            if re.match(r"[a-z]+:|#", target):
+                continue  # a web address or an anchor in the notebook
+            path = target.split("#")[0]
+            assert (nb.parent / path).exists(), f"{repo_path(nb)}: link to missing {target}"
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_skeleton(nb):
     cs = cells(nb)
     text = "\n".join(source(c) for c in cs)
     assert source(cs[0]).startswith("# "), "first cell must be the title"
-    badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
+    badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/{repo_path(nb)}"
     assert badge in source(cs[0]), f"first cell needs the Colab badge {badge}"
     install = [c for c in cs if c["cell_type"] == "code" and "google.colab" in source(c)]
     assert len(install) == 1 and install[0] is cs[1], "second cell: the Colab cell"
@@ -82,14 +113,33 @@ def test_committed_notebook_was_executed_cleanly(nb):
             )
 
 
+def test_nbval_tag_is_the_one_nbval_honours():
+    from nbval.plugin import find_metadata_tags
+
+    assert dict(find_metadata_tags({"tags": [CHECK_TAG]})) == {"check": True}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_nbval_markers_are_cell_tags_not_comments(nb):
+    """A learner reads no `# NBVAL_...` lines; nbval still checks each notebook's results."""
+    cs = cells(nb)
+    commented = [i for i, c in enumerate(cs) if NBVAL_COMMENT.search(source(c))]
+    assert not commented, (
+        f"cells {commented} hold an nbval comment marker: remove the line and tag the cell "
+        f"{CHECK_TAG!r} instead"
+    )
+    tagged = [i for i, c in enumerate(cs) if CHECK_TAG in c.get("metadata", {}).get("tags", [])]
+    assert all(cs[i]["cell_type"] == "code" for i in tagged), "only code cells have outputs"
+    if nb.stem not in UNCHECKED:
+        assert tagged, f"no cell tagged {CHECK_TAG!r}: nbval would compare none of its results"
+
+
 def test_readme_lists_every_notebook_with_badge():
     readme = (ROOT / "README.md").read_text()
     for nb in NOTEBOOKS:
         if nb.stem.endswith("_solutions"):
             continue
-        badge = (
-            f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/notebooks/{nb.name}"
-        )
+        badge = f"https://colab.research.google.com/github/{REPO_PATH}/blob/main/{repo_path(nb)}"
         assert badge in readme, f"README lacks a Colab badge for {nb.name}"
     for url in re.findall(
         r"https://(?:colab\.research\.google\.com/github|github\.com)/[^\s)\"']+", readme

@@ -44,7 +44,9 @@ def texts(root):
         root / "pyproject.toml",
         root / "README.md",
         *sorted((root / "notebooks").glob("*.ipynb")),
+        *sorted((root / "notebooks" / "solutions").glob("*.ipynb")),
     ]
+    assert len(files) == 2 + len(set_repository.notebooks(root)), "every notebook, once"
     return {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in files}
 
 
@@ -88,7 +90,7 @@ def test_check_reports_a_notebook_that_disagrees(checkout):
     assert done.returncode == 1
     assert "00_setup.ipynb: Colab cell sets REPOSITORY" in done.stdout
     assert "00_setup.ipynb: Colab cell differs" not in done.stdout  # compared with itself first
-    assert "00_setup_solutions.ipynb: Colab cell differs" in done.stdout
+    assert "solutions/00_setup_solutions.ipynb: Colab cell differs" in done.stdout
     refused = run_script("--root", str(checkout), "https://github.com/me/kd-fork")
     assert refused.returncode == 2 and "fix these first" in refused.stderr
     assert "me/kd-fork" not in (checkout / "pyproject.toml").read_text()

@@ -45,7 +45,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p_run.add_argument(
         "--in-place",
         action="store_true",
-        help="write outputs into notebooks/ and results into results/ (the committed run)",
+        help="write outputs over the notebooks themselves (notebooks/, notebooks/solutions/) and "
+        "results into results/ (the committed run)",
     )
     p_run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p_table = sub.add_parser(

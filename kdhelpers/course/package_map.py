@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdhelpers.course.readme import replace_section
+from kdhelpers.course.runner import list_notebooks
 from kdhelpers.paths import notebooks_dir, project_root
 
 MAP_START = (
@@ -82,7 +83,8 @@ def reached_by_notebooks(modules: dict[str, Module], folder: Path | None = None)
     """The modules the notebooks import, with everything those import (and their packages)."""
     known = set(modules)
     folder = notebooks_dir() if folder is None else Path(folder)
-    todo = set().union(*(imports_of(notebook_code(p), known) for p in folder.glob("*.ipynb")))
+    books = list_notebooks(folder)  # the chapters and, in solutions/, their solutions
+    todo = set().union(*(imports_of(notebook_code(p), known) for p in books))
     seen: set[str] = set()
     while todo:
         name = todo.pop()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdhelpers.paths import committed_results_dir, notebooks_dir, project_root
+from kdhelpers.paths import SOLUTIONS_FOLDER, committed_results_dir, notebooks_dir, project_root
 from kdhelpers.profiles import PROFILES
 
 
@@ -25,14 +25,24 @@ def is_solutions(path: Path) -> bool:
 def list_notebooks(
     folder: Path | None = None, only: Iterable[str] | None = None, with_solutions: bool = False
 ) -> list[Path]:
-    """Course notebooks in order (NN_name.ipynb): all of them, or the chapters named in `only`.
+    """Course notebooks in order: all of them, or the chapters named in `only`.
 
-    An entry of `only` is a name prefix ('05', '02_the-loss') and selects chapter notebooks; their
-    solutions notebooks come too with `with_solutions`. An entry ending in .ipynb, or one naming a
-    solutions notebook ('05_distillation_solutions'), selects that notebook itself.
+    The chapters (NN_name.ipynb) are in `folder` (default: notebooks/), their solutions
+    (NN_name_solutions.ipynb) in its solutions/ subfolder; each chapter comes just before its
+    solutions. An entry of `only` is a name prefix ('05', '02_the-loss') and selects chapter
+    notebooks; their solutions notebooks come too with `with_solutions`. An entry ending in .ipynb,
+    or one naming a solutions notebook ('05_distillation_solutions'), selects that notebook itself.
     """
     folder = notebooks_dir() if folder is None else Path(folder)
-    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("."))
+    found = sorted(
+        (
+            p
+            for place in (folder, folder / SOLUTIONS_FOLDER)
+            for p in place.glob("[0-9][0-9]_*.ipynb")
+            if not p.name.startswith(".")
+        ),
+        key=lambda p: p.name,
+    )
     if only is None:
         return found
     if isinstance(only, str | bytes) or not all(isinstance(o, str) for o in only):
@@ -284,7 +294,7 @@ def run(
     if rows:
         print(f"\nResults ({results}):")
         print(format_table(rows, ("notebook", "metric", "value")))
-    where = notebooks[0].parent if in_place else out
+    where = ", ".join(sorted({str(nb.parent) for nb in notebooks})) if in_place else out
     print(f"\nexecuted notebooks: {where}; results: {results}")
     if failures:
         print(f"\n{len(failures)} of {len(notebooks)} notebooks failed:")
