@@ -1,4 +1,10 @@
-"""The JSON results each notebook writes, and reading another chapter's results."""
+"""The JSON results each notebook writes, and reading another chapter's results.
+
+Every record carries a `run_id` (the UTC time it was written). When the course runner executes a
+notebook it sets KD_READS_LOG to a file, and `load_results` notes there each record it hands out
+(name and run_id); the runner then stores them as the new record's `reads`, so a test can tell
+when a record rests on another chapter's results that have since been re-run.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ from typing import Any
 import torch
 
 from kdhelpers.paths import committed_results_dir, inside, results_dir
+
+#: Environment variable naming the file where load_results notes each record it hands out.
+READS_LOG_ENV = "KD_READS_LOG"
 
 
 def _plain(value: Any) -> Any:
@@ -66,10 +75,12 @@ def save_results(
             "the standard run only; unset KD_RESULTS_DIR (ad-hoc runs write to runs/results)"
         )
     folder.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.UTC)
     record = {
         "notebook": notebook,
         "profile": profile,
-        "date": _dt.date.today().isoformat(),
+        "date": now.date().isoformat(),
+        "run_id": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "metrics": _plain(dict(metrics)),
         "details": _plain(dict(details or {})),
     }
@@ -97,5 +108,15 @@ def load_results(
             continue
         record = json.loads(path.read_text())
         if profile is None or record.get("profile") == profile:
+            _note_read(record)
             return record
     return {}
+
+
+def _note_read(record: Mapping[str, Any]) -> None:
+    """Append the record's name and run_id to the KD_READS_LOG file, when the runner set one."""
+    log = os.environ.get(READS_LOG_ENV)
+    if log:
+        entry = {"notebook": record.get("notebook"), "run_id": record.get("run_id")}
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")

@@ -8,14 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdhelpers.course.package_map import map_command
+from kdhelpers.course.provenance import ResultsFileError
 from kdhelpers.course.readme import readme_command
-from kdhelpers.course.runner import (
-    ResultsFileError,
-    format_table,
-    list_notebooks,
-    run,
-    summary_rows,
-)
+from kdhelpers.course.runner import format_table, list_notebooks, run, summary_rows
 from kdhelpers.paths import committed_results_dir
 from kdhelpers.profiles import PROFILES
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kdhelpers.course.runner import format_table, read_record, summary_rows
+from kdhelpers.course.provenance import read_record
+from kdhelpers.course.runner import format_table, summary_rows
 from kdhelpers.numfmt import num, pct, points, ratio
 from kdhelpers.paths import committed_results_dir, project_root
 from kdhelpers.stats import Comparison, comparison_sentence, interval_text

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdhelpers.course.provenance import read_record, reads_from_log, stamp_reads
 from kdhelpers.paths import SOLUTIONS_FOLDER, committed_results_dir, notebooks_dir, project_root
+from kdhelpers.paths import results_dir as default_results_dir
 from kdhelpers.profiles import PROFILES
+from kdhelpers.results import READS_LOG_ENV
 
 
 def is_solutions(path: Path) -> bool:
@@ -79,7 +83,10 @@ def _strip_progress(text: str) -> str:
 
 
 def clean_notebook(
-    nb: dict[str, Any], profile: str | None = None, strip_injected: bool = False
+    nb: dict[str, Any],
+    profile: str | None = None,
+    strip_injected: bool = False,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Tidy an executed copy: no papermill metadata, no progress bars, the run's profile in metadata.
 
@@ -95,6 +102,8 @@ def clean_notebook(
     meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     if profile is not None:
         meta["kd_course"] = {"profile": profile}
+    if run_id is not None:  # the results record this run wrote: its outputs belong to it
+        meta.setdefault("kd_course", {})["run_id"] = run_id
     if strip_injected:
         nb["cells"] = [
             c
@@ -165,7 +174,14 @@ def execute_notebook(
     env = {"TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}  # no widgets in executed copies
     if results_dir is not None:
         env["KD_RESULTS_DIR"] = str(results_dir)
+    record = (Path(results_dir) if results_dir is not None else default_results_dir()) / (
+        f"{path.stem}.json"
+    )
+    before = _run_id(record)
+    log = Path(tempfile.mkdtemp(prefix="kd-reads-")) / "reads.jsonl"
+    env[READS_LOG_ENV] = str(log)
     start = time.perf_counter()
+    run_id = None
     try:
         with temporary_env(**env):
             papermill.execute_notebook(
@@ -179,33 +195,21 @@ def execute_notebook(
                 log_output=False,
                 execution_timeout=timeout_s,
             )
+        if _run_id(record) not in (None, before):  # the notebook wrote its record: what it read
+            run_id = stamp_reads(record, reads_from_log(log, path.stem))["run_id"]
     finally:
+        shutil.rmtree(log.parent, ignore_errors=True)
         if Path(output).exists():
             nb = nbformat.read(str(output), as_version=4)
-            nbformat.write(nbformat.from_dict(clean_notebook(nb, profile)), str(output))
+            nbformat.write(
+                nbformat.from_dict(clean_notebook(nb, profile, run_id=run_id)), str(output)
+            )
     return time.perf_counter() - start
 
 
-class ResultsFileError(ValueError):
-    """A results JSON file that cannot be read (cut short, not JSON, not a record)."""
-
-
-def read_record(path: Path) -> dict[str, Any]:
-    """One results record (<notebook>.json); ResultsFileError names the file and how to rebuild it."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultsFileError(
-            f"{path} cannot be read as a results record ({type(exc).__name__}: {exc}); write it "
-            f"again by re-running its notebook: python -m kdhelpers.course run --only {path.stem}"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
-        raise ResultsFileError(
-            f"{path} is not a results record (a JSON object with 'metrics'); write it again with "
-            f"python -m kdhelpers.course run --only {path.stem}"
-        )
-    return data
+def _run_id(record: Path) -> str | None:
+    """The run_id of the results record at `record`, if it exists and has one."""
+    return read_record(record).get("run_id") if record.exists() else None
 
 
 def summary_rows(
@@ -237,10 +241,9 @@ def _commit_copy(executed: Path, target: Path) -> None:
     import nbformat
 
     nb = nbformat.read(str(executed), as_version=4)
-    profile = nb.metadata.get("kd_course", {}).get("profile")
-    nbformat.write(
-        nbformat.from_dict(clean_notebook(nb, profile, strip_injected=True)), str(target)
-    )
+    run = nb.metadata.get("kd_course", {})
+    cleaned = clean_notebook(nb, run.get("profile"), strip_injected=True, run_id=run.get("run_id"))
+    nbformat.write(nbformat.from_dict(cleaned), str(target))
 
 
 def run(
