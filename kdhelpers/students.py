@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdhelpers.batching import TextExamples, make_loader
+from kdhelpers.choices import choose_on_validation
 from kdhelpers.device import seeded
 from kdhelpers.models import (
     BagOfEmbeddingsStudent,
@@ -135,7 +136,7 @@ def best_on_validation(histories: Mapping[Any, Mapping[str, Any]]) -> Any:
             raise ValueError(
                 f"the history of {key!r} has no best_val_accuracy (trained without validation?)"
             )
-    return max(histories, key=lambda k: histories[k]["best_val_accuracy"])
+    return choose_on_validation({k: h["best_val_accuracy"] for k, h in histories.items()}).chosen
 
 
 def widen_grid(
