@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from kdhelpers.device import get_device, seed_everything
 from kdhelpers.profiles import resolve_profile
+
+
+class FullProfileOnCPUWarning(UserWarning):
+    """PROFILE = "full" resolved on a machine without a GPU."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,14 @@ def start(profile: str, seed: int, device: torch.device | str | None = None) -> 
     """Set up a notebook: pick the device, resolve `profile`, seed everything, quiet the logs."""
     chosen = get_device() if device is None else get_device(str(device))
     resolved = resolve_profile(profile, chosen)
+    if resolved == "full" and chosen.type != "cuda":
+        warnings.warn(
+            f'PROFILE = "full" runs the GPU-sized settings (larger models, more data, more seeds) on '
+            f"{chosen}: they were sized for a GPU and take many times the standard profile's minutes "
+            'on a CPU. For a CPU, PROFILE = "standard" (or "auto") is the profile sized for it.',
+            FullProfileOnCPUWarning,
+            stacklevel=2,
+        )
     seed_everything(seed)
     quiet_libraries()
     return Session(profile=resolved, device=chosen, seed=seed)

@@ -174,7 +174,9 @@ def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path,
     assert run("quick", out=tmp_path / "run", in_place=True) == 0
     nb = nbformat.read(str(books / "01_ok.ipynb"), as_version=4)
     assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert nb.metadata["kd_course"] == {"profile": "quick"}
+    run_meta = nb.metadata["kd_course"]
+    assert run_meta["profile"] == "quick" and set(run_meta) == {"profile", "seconds"}
+    assert 0 < run_meta["seconds"] < 600  # the run's wall time, kept for the README's table
     assert nb.cells[0].source.startswith('PROFILE = "auto"')  # the learner's cell decides again
     assert [c.execution_count for c in nb.cells] == [1, 2]
     assert nb.cells[1].outputs[0]["text"] == "quick\n"
@@ -197,7 +199,7 @@ def test_in_place_run_writes_a_solutions_notebook_back_to_solutions(tmp_path, mo
         (books / "solutions" / "01_ok_solutions.ipynb", "answers\n"),
     ]:
         nb = nbformat.read(str(path), as_version=4)
-        assert nb.metadata["kd_course"] == {"profile": "quick"}
+        assert nb.metadata["kd_course"]["profile"] == "quick"
         assert nb.cells[1].outputs[0]["text"] == text
 
 

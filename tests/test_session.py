@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from kdhelpers.session import Session, quiet_libraries, start
+from kdhelpers.session import FullProfileOnCPUWarning, Session, quiet_libraries, start
 
 
 @pytest.fixture
@@ -64,3 +64,17 @@ def test_quiet_libraries_silences_warnings_and_progress_bars(restore_logging):
 def test_start_names_the_bad_argument(profile, seed, device, word):
     with pytest.raises(ValueError, match=word):
         start(profile, seed, device=device)
+
+
+def test_full_on_a_cpu_warns_that_it_runs_gpu_sized_settings(restore_logging):
+    with pytest.warns(
+        FullProfileOnCPUWarning, match=r'PROFILE = "full" runs the GPU-sized settings'
+    ):
+        session = start("full", 0, device="cpu")
+    assert session.profile == "full"  # the learner's choice stands; it is only said plainly
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FullProfileOnCPUWarning)
+        assert start("auto", 0, device="cpu").profile == "standard"
+        assert start("standard", 0, device="cpu").profile == "standard"

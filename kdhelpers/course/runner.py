@@ -87,6 +87,7 @@ def clean_notebook(
     profile: str | None = None,
     strip_injected: bool = False,
     run_id: str | None = None,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     """Tidy an executed copy: no papermill metadata, no progress bars, the run's profile in metadata.
 
@@ -104,6 +105,8 @@ def clean_notebook(
         meta["kd_course"] = {"profile": profile}
     if run_id is not None:  # the results record this run wrote: its outputs belong to it
         meta.setdefault("kd_course", {})["run_id"] = run_id
+    if seconds is not None:  # the run's wall time, for the README's time per chapter
+        meta.setdefault("kd_course", {})["seconds"] = round(float(seconds), 1)
     if strip_injected:
         nb["cells"] = [
             c
@@ -202,7 +205,10 @@ def execute_notebook(
         if Path(output).exists():
             nb = nbformat.read(str(output), as_version=4)
             nbformat.write(
-                nbformat.from_dict(clean_notebook(nb, profile, run_id=run_id)), str(output)
+                nbformat.from_dict(
+                    clean_notebook(nb, profile, run_id=run_id, seconds=time.perf_counter() - start)
+                ),
+                str(output),
             )
     return time.perf_counter() - start
 
@@ -242,7 +248,9 @@ def _commit_copy(executed: Path, target: Path) -> None:
 
     nb = nbformat.read(str(executed), as_version=4)
     run = nb.metadata.get("kd_course", {})
-    cleaned = clean_notebook(nb, run.get("profile"), strip_injected=True, run_id=run.get("run_id"))
+    cleaned = clean_notebook(
+        nb, run.get("profile"), True, run_id=run.get("run_id"), seconds=run.get("seconds")
+    )
     nbformat.write(nbformat.from_dict(cleaned), str(target))
 
 
