@@ -279,7 +279,7 @@ def test_teacher_features_match_one_by_one_forward(tiny_pair):
                 feats.attentions[i][0], out.attentions[3][0].mean(0), atol=1e-5, rtol=1e-5
             )
     teacher.set_attn_implementation("sdpa")
-    assert not feats.hidden[0].requires_grad
+    assert not feats.hidden[0].requires_grad and not feats.attentions[0].requires_grad
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     batch = feats.for_batch(torch.tensor([1, 2]), mask)
     assert tuple(batch["hidden"][2].shape) == (2, 6, 12) and tuple(

@@ -177,7 +177,6 @@ def standardise_hidden(feats: TeacherFeatures, eps: float = 1e-6) -> TeacherFeat
     )
 
 
-@torch.inference_mode()
 def _example_hidden(
     states: Sequence[torch.Tensor], b: int, length: int, layers: Sequence[int]
 ) -> torch.Tensor:
@@ -211,6 +210,7 @@ def _check_feature_request(
     return hidden_layers, attention_layers
 
 
+@torch.inference_mode()
 def teacher_features(
     teacher: nn.Module,
     input_ids: Sequence[Sequence[int]],
