@@ -23,7 +23,6 @@ BEFORE_PROVENANCE = {
     "01_concepts_solutions",
     "02_the-loss",
     "03_teacher",
-    "04_pseudo-labels",
     "05_distillation",
     "06_compression",
     "07_cross-domain",
