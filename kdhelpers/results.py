@@ -84,8 +84,13 @@ def save_results(
         "metrics": _plain(dict(metrics)),
         "details": _plain(dict(details or {})),
     }
-    target = inside(folder, f"{notebook}.json", "notebook")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{notebook}.", suffix=".tmp")
+    return write_record(inside(folder, f"{notebook}.json", "notebook"), record)
+
+
+def write_record(target: Path, record: Mapping[str, Any]) -> Path:
+    """Write a results record as JSON to `target` atomically (a temporary file, then a rename)."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh, indent=2)

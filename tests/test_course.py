@@ -15,18 +15,6 @@ from kdhelpers.paths import committed_results_dir, project_root, results_dir
 from kdhelpers.results import load_results, save_results
 
 
-def _tiny_notebook(path, body):
-    params = nbformat.v4.new_code_cell('PROFILE = "auto"\nSEED = 0')
-    params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
-    nb.metadata["kernelspec"] = {
-        "display_name": "Python 3",
-        "language": "python",
-        "name": "python3",
-    }
-    nbformat.write(nb, str(path))
-
-
 def test_bad_only_is_a_usage_error_naming_the_chapters(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--profile", "quick", "--only", "99"])
@@ -131,11 +119,13 @@ def test_table_on_a_damaged_results_file_names_the_file_and_the_fix(tmp_path, ca
     assert "Traceback" not in err
 
 
-def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
+def test_failing_notebook_is_reported_and_the_rest_still_run(
+    tiny_notebook, tmp_path, monkeypatch, capsys
+):
     books = tmp_path / "notebooks"
     books.mkdir()
-    _tiny_notebook(books / "01_fails.ipynb", "raise RuntimeError('boom in a cell')")
-    _tiny_notebook(
+    tiny_notebook(books / "01_fails.ipynb", "raise RuntimeError('boom in a cell')")
+    tiny_notebook(
         books / "02_works.ipynb",
         "from kdhelpers.results import save_results\n"
         "save_results('02_works', {'answer': 42}, PROFILE)",
@@ -154,10 +144,10 @@ def test_failing_notebook_is_reported_and_the_rest_still_run(tmp_path, monkeypat
     )
 
 
-def test_in_place_run_keeps_a_failed_notebook_untouched(tmp_path, monkeypatch):
+def test_in_place_run_keeps_a_failed_notebook_untouched(tiny_notebook, tmp_path, monkeypatch):
     books = tmp_path / "notebooks"
     books.mkdir()
-    _tiny_notebook(books / "01_fails.ipynb", "1 / 0")
+    tiny_notebook(books / "01_fails.ipynb", "1 / 0")
     before = (books / "01_fails.ipynb").read_text()
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
@@ -165,10 +155,12 @@ def test_in_place_run_keeps_a_failed_notebook_untouched(tmp_path, monkeypatch):
     assert (books / "01_fails.ipynb").read_text() == before
 
 
-def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path, monkeypatch):
+def test_in_place_run_strips_the_injected_cell_and_records_the_profile(
+    tiny_notebook, tmp_path, monkeypatch
+):
     books = tmp_path / "notebooks"
     books.mkdir()
-    _tiny_notebook(books / "01_ok.ipynb", "print(PROFILE)")
+    tiny_notebook(books / "01_ok.ipynb", "print(PROFILE)")
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
     assert run("quick", out=tmp_path / "run", in_place=True) == 0
@@ -182,11 +174,13 @@ def test_in_place_run_strips_the_injected_cell_and_records_the_profile(tmp_path,
     assert nb.cells[1].outputs[0]["text"] == "quick\n"
 
 
-def test_in_place_run_writes_a_solutions_notebook_back_to_solutions(tmp_path, monkeypatch):
+def test_in_place_run_writes_a_solutions_notebook_back_to_solutions(
+    tiny_notebook, tmp_path, monkeypatch
+):
     books = tmp_path / "notebooks"
     (books / "solutions").mkdir(parents=True)
-    _tiny_notebook(books / "01_ok.ipynb", "print('chapter')")
-    _tiny_notebook(books / "solutions" / "01_ok_solutions.ipynb", "print('answers')")
+    tiny_notebook(books / "01_ok.ipynb", "print('chapter')")
+    tiny_notebook(books / "solutions" / "01_ok_solutions.ipynb", "print('answers')")
     monkeypatch.setattr(course, "notebooks_dir", lambda: books)
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "res"))
     assert run("quick", only=["01"], out=tmp_path / "run", in_place=True, with_solutions=True) == 0

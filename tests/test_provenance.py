@@ -4,8 +4,6 @@ record."""
 
 import json
 
-import nbformat
-
 from kdhelpers.course import runner as course
 from kdhelpers.course.provenance import (
     notebook_run_id,
@@ -57,24 +55,14 @@ def test_records_carry_a_run_id_and_load_results_notes_what_it_hands_out(tmp_pat
     assert reads_from_log(log, own="01_a") == {}
 
 
-def _notebook(path, body):
-    params = nbformat.v4.new_code_cell('PROFILE = "auto"\nSEED = 0')
-    params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
-    nb.metadata["kernelspec"] = {
-        "display_name": "Python 3",
-        "language": "python",
-        "name": "python3",
-    }
-    nbformat.write(nb, str(path))
-
-
-def test_a_re_run_leaves_its_readers_stale_and_the_check_says_which(tmp_path, monkeypatch):
+def test_a_re_run_leaves_its_readers_stale_and_the_check_says_which(
+    tiny_notebook, tmp_path, monkeypatch
+):
     books = tmp_path / "notebooks"
     books.mkdir()
     save = "from kdhelpers.results import load_results, save_results\n"
-    _notebook(books / "01_a.ipynb", save + "save_results('01_a', {'x': 1}, PROFILE)")
-    _notebook(
+    tiny_notebook(books / "01_a.ipynb", save + "save_results('01_a', {'x': 1}, PROFILE)")
+    tiny_notebook(
         books / "02_b.ipynb",
         save
         + "a = load_results('01_a', PROFILE)\nsave_results('02_b', {'y': a['metrics']['x']}, PROFILE)",

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdhelpers.course.readme import replace_section
+from kdhelpers.course.readme import replace_section, write_or_check
 from kdhelpers.course.runner import list_notebooks
 from kdhelpers.paths import notebooks_dir, project_root
 
@@ -138,17 +137,5 @@ def package_map() -> str:
 def map_command(check: bool = False, path: Path | None = None) -> int:
     """Write (or with check, verify) CONTRIBUTING.md's package map; 1 when a check fails."""
     path = project_root() / "CONTRIBUTING.md" if path is None else Path(path)
-    text = path.read_text(encoding="utf-8")
-    new = replace_section(text, MAP_START, MAP_END, package_map())
-    if check:
-        if new != text:
-            print(
-                f"{path.name}: the package map differs from the code; run python -m kdhelpers.course map",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{path.name}: the package map matches the code")
-        return 0
-    path.write_text(new, encoding="utf-8")
-    print(f"{path.name}: package map written")
-    return 0
+    new = replace_section(path.read_text(encoding="utf-8"), MAP_START, MAP_END, package_map())
+    return write_or_check(path, new, check, "python -m kdhelpers.course map")

@@ -5,11 +5,11 @@ has since been re-run."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from kdhelpers.results import write_record
 
 
 class ResultsFileError(ValueError):
@@ -53,16 +53,7 @@ def stamp_reads(record_path: Path, reads: dict[str, str | None]) -> dict[str, An
     record_path = Path(record_path)
     record = read_record(record_path)
     record["reads"] = reads
-    fd, tmp = tempfile.mkstemp(
-        dir=record_path.parent, prefix=f".{record_path.stem}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2)
-        os.replace(tmp, record_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_record(record_path, record)
     return record
 
 

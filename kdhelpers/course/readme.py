@@ -337,21 +337,23 @@ def readme_section(results_dir: Path | None = None) -> str:
     return results_section(records, table)
 
 
+def write_or_check(path: Path, new: str, check: bool, command: str) -> int:
+    """Write `new` to `path`, or with `check` compare it; 1 (and a message naming `command`) when a
+    check finds the file stale."""
+    text = path.read_text(encoding="utf-8")
+    if check:
+        if new != text:
+            print(f"{path.name}: out of date; run {command}", file=sys.stderr)
+            return 1
+        print(f"{path.name}: up to date")
+        return 0
+    path.write_text(new, encoding="utf-8")
+    print(f"{path.name}: written ({command})")
+    return 0
+
+
 def readme_command(check: bool = False, readme: Path | None = None) -> int:
     """Rewrite (or with check, verify) README.md's results section; 1 when a check fails."""
     path = project_root() / "README.md" if readme is None else Path(readme)
-    text = path.read_text(encoding="utf-8")
-    new = update_readme(text, readme_section())
-    if check:
-        if new != text:
-            print(
-                f"{path.name}: the results section differs from results/; "
-                "run python -m kdhelpers.course readme",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{path.name}: the results section matches results/")
-        return 0
-    path.write_text(new, encoding="utf-8")
-    print(f"{path.name}: results section written from {committed_results_dir()}")
-    return 0
+    new = update_readme(path.read_text(encoding="utf-8"), readme_section())
+    return write_or_check(path, new, check, "python -m kdhelpers.course readme")
