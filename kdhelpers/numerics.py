@@ -36,11 +36,13 @@ def softmax_dtype(
     temperature: float, named: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> torch.dtype:
     """The dtype in which log_softmax(x / T) of every tensor in `named` is safe: `dtype` (at least
-    float32) while each row's span / T stays below FLOAT32_SAFE_SPAN, else float64; ValueError naming
-    the tensor when even float64 would overflow."""
+    float32) while each row's span / T and every |x| / T stay below FLOAT32_SAFE_SPAN, else float64;
+    ValueError naming the tensor when even float64 would overflow."""
     dtype = torch.promote_types(dtype, torch.float32)
     span = scaled_span(temperature, *named.values())
-    if span <= FLOAT32_SAFE_SPAN:
+    # x / T itself must fit float32 too: logits near 3e38 with a small span overflow at T < 1
+    largest = max(float(x.detach().double().abs().max()) for x in named.values()) / temperature
+    if span <= FLOAT32_SAFE_SPAN and largest <= FLOAT32_SAFE_SPAN:
         return dtype
     if span > FLOAT64_SAFE_SPAN:
         worst = max(named, key=lambda k: scaled_span(temperature, named[k]))

@@ -69,6 +69,7 @@ _ONE_FAR = torch.zeros(1, 2, 1000)
 _ONE_FAR[0, 0, 0] = 1e20  # (1e20)^2 overflows float32, the mean 5e36 does not
 _FAR = torch.tensor([[3e38, -3e38]])  # a row span of 6e38: beyond float32
 _FLAT = torch.zeros(1, 2)
+_HIGH = torch.full((1, 2), 3e38)  # no span at all, but x / T overflows float32 at T < 1
 _IDENTITY_ATTN = torch.eye(3).expand(1, 2, 3, 3).contiguous()  # exact zeros off the diagonal
 
 
@@ -150,6 +151,12 @@ CLASS1 = [
         lambda: forward_kl(_FAR, _FAR.flip(-1)),
         (ValueError, "forward KL .* overflows float32"),
         id="forward-kl-true-value-beyond-float32",
+    ),
+    pytest.param(
+        lambda: forward_kl(_HIGH, _HIGH, temperature=0.5), 0.0, id="forward-kl-high-logits-at-T-0.5"
+    ),
+    pytest.param(
+        lambda: generalized_jsd(_HIGH, _HIGH, temperature=0.5), 0.0, id="jsd-high-logits-at-T-0.5"
     ),
 ]
 

@@ -190,7 +190,8 @@ def distributed_step(
 ) -> float:
     """One optimiser step over the micro-batches in `window` on every rank: each micro-batch's KD loss
     normalised over the whole step (config.normalisation 'step': by the step's labelled and total
-    examples on all ranks; 'naive': by its own), gradients synchronised on the last micro-batch only.
+    examples on all ranks; 'micro-batch': by its own, the naive mean of means), gradients
+    synchronised on the last micro-batch only.
     Returns the step's mean loss over all ranks."""
     world = accelerator.num_processes
     # count the step's examples first (from the labels, before any forward pass), over all ranks
@@ -214,7 +215,7 @@ def distributed_step(
             )
             if config.normalisation == "step":
                 loss = step_loss(parts, n_labelled, n, config.alpha, world)
-            else:  # naive: this micro-batch's own mean, divided by the micro-batches of the step
+            else:  # 'micro-batch': its own mean, divided by the micro-batches of the step
                 own = step_loss(parts, int(parts["n_labelled"]), int(parts["n"]), config.alpha)
                 loss = own / len(window)
             step.backward(loss)
