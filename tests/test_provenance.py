@@ -89,3 +89,24 @@ def test_a_re_run_leaves_its_readers_stale_and_the_check_says_which(
     nb["metadata"]["kd_course"] = {"profile": "quick", "run_id": a["run_id"]}
     stale_copy.write_text(json.dumps(nb))
     assert any("01_a.ipynb shows run" in p for p in provenance_problems(results, [stale_copy]))
+
+
+def test_a_record_with_a_run_id_but_no_reads_was_written_outside_the_runner(tmp_path):
+    save_results("01_a", {"x": 1}, "standard", folder=tmp_path)  # a run id, no reads
+    problems = provenance_problems(tmp_path, [])
+    assert len(problems) == 1 and "01_a has a run id but no reads" in problems[0]
+
+
+def test_a_re_run_repairs_a_damaged_record(tiny_notebook, tmp_path, monkeypatch):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    save = "from kdhelpers.results import save_results\n"
+    tiny_notebook(books / "01_a.ipynb", save + "save_results('01_a', {'x': 1}, PROFILE)")
+    monkeypatch.setattr(course, "notebooks_dir", lambda: books)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "01_a.json").write_text('{"metrics": {"x": ')  # cut short, e.g. by a killed run
+    monkeypatch.setenv("KD_RESULTS_DIR", str(results))
+    assert course.run("quick", out=tmp_path / "run") == 0
+    record = json.loads((results / "01_a.json").read_text())
+    assert record["metrics"] == {"x": 1} and record["reads"] == {} and record["run_id"]

@@ -24,12 +24,14 @@ def read_record(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultsFileError(
             f"{path} cannot be read as a results record ({type(exc).__name__}: {exc}); write it "
-            f"again by re-running its notebook: python -m kdhelpers.course run --only {path.stem}"
+            f"again by re-running its notebook: python -m kdhelpers.course run --only {path.stem} "
+            "(add --profile standard --in-place for the committed results/)"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
         raise ResultsFileError(
             f"{path} is not a results record (a JSON object with 'metrics'); write it again with "
-            f"python -m kdhelpers.course run --only {path.stem}"
+            f"python -m kdhelpers.course run --only {path.stem} "
+            "(add --profile standard --in-place for the committed results/)"
         )
     return data
 
@@ -69,6 +71,11 @@ def provenance_problems(results_dir: Path, notebooks: Iterable[Path]) -> list[st
     records = {p.stem: read_record(p) for p in sorted(Path(results_dir).glob("*.json"))}
     problems = []
     for name, record in records.items():
+        if "run_id" in record and "reads" not in record:
+            problems.append(
+                f"{name} has a run id but no reads: it was written outside the course runner; "
+                f"write it with python -m kdhelpers.course run --in-place --only {name}"
+            )
         for other, run_id in record.get("reads", {}).items():
             now = records.get(other, {}).get("run_id")
             if other not in records:

@@ -14,7 +14,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdhelpers.course.provenance import read_record, reads_from_log, stamp_reads
+from kdhelpers.course.provenance import (
+    ResultsFileError,
+    read_record,
+    reads_from_log,
+    stamp_reads,
+)
 from kdhelpers.paths import SOLUTIONS_FOLDER, committed_results_dir, notebooks_dir, project_root
 from kdhelpers.paths import results_dir as default_results_dir
 from kdhelpers.profiles import PROFILES
@@ -214,8 +219,12 @@ def execute_notebook(
 
 
 def _run_id(record: Path) -> str | None:
-    """The run_id of the results record at `record`, if it exists and has one."""
-    return read_record(record).get("run_id") if record.exists() else None
+    """The run_id of the results record at `record`, if it exists, can be read and has one (a
+    damaged record is what a re-run repairs, so it must not stop that run)."""
+    try:
+        return read_record(record).get("run_id") if record.exists() else None
+    except ResultsFileError:
+        return None
 
 
 def summary_rows(
